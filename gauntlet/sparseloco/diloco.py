@@ -1,0 +1,38 @@
+"""The DiLoCo baseline: all peers exchange the dense fp32 pseudo-gradient, average it, and apply
+outer SGD with Nesterov momentum (lr 0.7, momentum 0.9). Used by the benchmarks to compare bytes
+and loss against SparseLoCo."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from gauntlet.config import DiLoCoConfig
+
+
+def mean_delta(deltas: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the peers' dense pseudo-gradients."""
+    return {n: torch.stack([d[n] for d in deltas]).float().mean(dim=0) for n in deltas[0]}
+
+
+def dense_bytes(delta: Mapping[str, torch.Tensor]) -> int:
+    """Bytes DiLoCo sends per peer per outer step: fp32 values of every tensor."""
+    return sum(4 * t.numel() for t in delta.values())
+
+
+class DiLoCoOuter:
+    """Outer Nesterov-SGD over a model's parameters, fed with the averaged Δ as the gradient."""
+
+    def __init__(self, params: Mapping[str, torch.nn.Parameter], cfg: DiLoCoConfig = DiLoCoConfig()) -> None:
+        self.params = dict(params)
+        self.opt = torch.optim.SGD(
+            list(self.params.values()), lr=cfg.outer_lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+        )
+
+    @torch.no_grad()
+    def step(self, avg_delta: Mapping[str, torch.Tensor]) -> None:
+        for name, p in self.params.items():
+            p.grad = avg_delta[name].to(device=p.device, dtype=p.dtype)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)

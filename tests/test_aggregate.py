@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from gauntlet.config import SparseLoCoConfig
+from gauntlet.sparseloco import ErrorFeedback, aggregate, fingerprint, outer_step
+from gauntlet.sparseloco.aggregate import aggregate_tensor, clip_scales
+from gauntlet.sparseloco.chunking import make_layout
+from gauntlet.sparseloco.compress import CompressedTensor
+
+# One 2x2 tensor = one chunk of 4 values; each peer keeps 2 of them.
+LAYOUT = make_layout((2, 2), SparseLoCoConfig(chunk_size=2, topk=2, min_sparse_numel=1))
+
+
+def peer(idx, values):
+    lookup = torch.tensor(values + [0.0, 0.0], dtype=torch.float32)
+    return CompressedTensor(LAYOUT, idx=torch.tensor([idx]), codes=torch.tensor([[0, 1]], dtype=torch.uint8), lookup=lookup)
+
+
+A = peer([0, 1], [1.0, 2.0])  # dense: [[1, 2], [0, 0]]
+B = peer([1, 3], [4.0, 6.0])  # dense: [[0, 4], [0, 6]]
+
+
+def test_mean_divides_by_the_number_of_peers():
+    out = aggregate_tensor([A, B], "mean", clip_to_median=False)
+    assert out.tolist() == [[0.5, 3.0], [0.0, 3.0]]
+
+
+def test_scatter_mean_divides_each_coordinate_by_its_senders():
+    out = aggregate_tensor([A, B], "scatter_mean", clip_to_median=False)
+    assert out.tolist() == [[1.0, 3.0], [0.0, 6.0]]
+
+
+def test_median_clipping_scales_only_peers_above_the_median():
+    C = peer([0, 2], [30.0, 40.0])  # norm 50
+    norms = [math.sqrt(5), math.sqrt(52), 50.0]
+    assert clip_scales(torch.tensor(norms)).tolist() == pytest.approx([1.0, 1.0, math.sqrt(52) / 50])
+    out = aggregate_tensor([A, B, C], "mean", clip_to_median=True)
+    s = math.sqrt(52) / 50
+    expected = [[(1 + 30 * s) / 3, (2 + 4) / 3], [40 * s / 3, 6 / 3]]
+    assert out.flatten().tolist() == pytest.approx(sum(expected, []), rel=1e-6)
+
+
+def test_even_peer_count_uses_the_lower_median():
+    out = aggregate_tensor([A, B], "scatter_mean", clip_to_median=True)
+    s = math.sqrt(5) / math.sqrt(52)  # B clipped to A's norm
+    assert out.flatten().tolist() == pytest.approx([1.0, (2 + 4 * s) / 2, 0.0, 6 * s], rel=1e-6)
+
+
+def test_dense_tensors_are_averaged_and_clipped():
+    lay = make_layout((3,), SparseLoCoConfig())
+    p1 = CompressedTensor(lay, raw=torch.tensor([1.0, 0.0, 0.0]).bfloat16())
+    p2 = CompressedTensor(lay, raw=torch.tensor([0.0, 4.0, 0.0]).bfloat16())
+    assert aggregate_tensor([p1, p2], clip_to_median=True).tolist() == [0.5, 0.5, 0.0]
+    assert aggregate_tensor([p1, p2], clip_to_median=False).tolist() == [0.5, 2.0, 0.0]
+
+
+def test_outer_step_is_plain_sgd_and_nodes_agree_bit_for_bit(cfg):
+    shapes = {"w": (192, 128), "b": (128,)}
+    updates = []
+    for p in range(5):
+        ef = ErrorFeedback(shapes, cfg)
+        updates.append(ef.compress({n: torch.randn(s) for n, s in shapes.items()}))
+    agg = aggregate(updates)
+    models = []
+    for _ in range(2):
+        params = {n: torch.ones(s) for n, s in shapes.items()}
+        outer_step(params, aggregate(updates), lr=0.5)
+        models.append(params)
+    assert torch.allclose(models[0]["w"], 1 - 0.5 * agg["w"])
+    assert fingerprint(models[0]) == fingerprint(models[1])
+    models[1]["w"][0, 0] += 1e-7
+    assert fingerprint(models[0]) != fingerprint(models[1])
+
+
+def test_aggregate_refuses_mismatched_inputs():
+    with pytest.raises(ValueError):
+        aggregate([])
+    with pytest.raises(ValueError, match="different sets"):
+        aggregate([{"a": A}, {"b": A}])
+    with pytest.raises(ValueError, match="combine"):
+        aggregate_tensor([A], "median")
