@@ -42,6 +42,7 @@ SIGNING_PREFIX = b"gauntlet-message-v1:"
 CODEC_FIELDS = ("chunk_size", "topk", "quant_bits", "dense_bits", "min_sparse_numel", "sparse_1d")
 _PART_ORDER = {"lookup": 0, "raw": 1, "idx": 2, "codes": 2}  # F32, BF16, U8 groups
 
+_HEX = set("0123456789abcdef")
 DEFAULT_MAX_BYTES = 1 << 30
 DEFAULT_MAX_HEADER_BYTES = 4 << 20
 DEFAULT_MAX_TENSORS = 4096
@@ -199,7 +200,7 @@ def parse_header(header_json: str, max_tensors: int = DEFAULT_MAX_TENSORS, max_n
     _check(_is_int(raw["window"]), "window must be a non-negative int")
     _check(isinstance(raw["hotkey"], str) and len(raw["hotkey"]) <= 128, "hotkey must be a short string")
     digest = raw["payload_sha256"]
-    _check(isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+    _check(isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX,
            "payload_sha256 must be 64 lowercase hex characters")
     _check(isinstance(raw["extra"], dict), "extra must be an object")
     codec = codec_params(_parse_codec(raw["codec"]))
@@ -320,11 +321,9 @@ def decode_message(
     signature = None
     if "signature" in meta:
         sig_hex = meta["signature"]
-        _check(isinstance(sig_hex, str) and len(sig_hex) == 128, "signature must be 128 hex characters")
-        try:
-            signature = bytes.fromhex(sig_hex)
-        except ValueError:
-            raise SignatureError("signature is not hex") from None
+        if not (isinstance(sig_hex, str) and len(sig_hex) == 128 and set(sig_hex) <= _HEX):
+            raise SignatureError("signature must be 128 lowercase hex characters")
+        signature = bytes.fromhex(sig_hex)
         if not verify(head.hotkey, digest, signature):
             raise SignatureError(f"signature does not verify for hotkey {head.hotkey}")
     elif require_signature:
