@@ -31,6 +31,11 @@ class CompressedTensor:
     lookup: torch.Tensor | None = None
     raw: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str) -> "CompressedTensor":
+        """The same content on another device."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return CompressedTensor(self.layout, move(self.idx), move(self.codes), move(self.lookup), move(self.raw))
+
     def values(self) -> torch.Tensor:
         """float32 decoded values: ``(num_chunks, k)`` when sparse, ``(numel,)`` when dense."""
         if self.raw is not None:
