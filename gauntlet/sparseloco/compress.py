@@ -44,11 +44,11 @@ class CompressedTensor:
 
     def to_dense(self) -> torch.Tensor:
         """The decoded update as a float32 tensor of the original shape."""
-        lay = self.layout
+        lay, vals = self.layout, self.values()
         if not lay.sparse:
-            return self.values().reshape(lay.shape)
-        buf = torch.zeros(lay.buffer_shape, device=self.values().device)
-        buf.scatter_(1, self.idx, self.values())
+            return vals.reshape(lay.shape)
+        buf = torch.zeros(lay.buffer_shape, device=vals.device)
+        buf.scatter_(1, self.idx, vals)
         return lay.from_chunks(buf)
 
 
