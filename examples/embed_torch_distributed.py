@@ -100,7 +100,7 @@ def main() -> None:
               f"H={args.inner_steps}, initial val loss {initial:.4f}", flush=True)
     data = batches(shard, args.batch, args.seed + rank)
     losses = []
-    for step in range(args.outer_steps * args.inner_steps):
+    for _ in range(args.outer_steps * args.inner_steps):
         batch = next(data).to(device)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()

@@ -15,7 +15,8 @@ LAYOUT = make_layout((2, 2), SparseLoCoConfig(chunk_size=2, topk=2, min_sparse_n
 
 def peer(idx, values):
     lookup = torch.tensor(values + [0.0, 0.0], dtype=torch.float32)
-    return CompressedTensor(LAYOUT, idx=torch.tensor([idx]), codes=torch.tensor([[0, 1]], dtype=torch.uint8), lookup=lookup)
+    codes = torch.tensor([[0, 1]], dtype=torch.uint8)
+    return CompressedTensor(LAYOUT, idx=torch.tensor([idx]), codes=codes, lookup=lookup)
 
 
 A = peer([0, 1], [1.0, 2.0])  # dense: [[1, 2], [0, 0]]
@@ -59,7 +60,7 @@ def test_dense_tensors_are_averaged_and_clipped():
 def test_outer_step_is_plain_sgd_and_nodes_agree_bit_for_bit(cfg):
     shapes = {"w": (192, 128), "b": (128,)}
     updates = []
-    for p in range(5):
+    for _ in range(5):
         ef = ErrorFeedback(shapes, cfg)
         updates.append(ef.compress({n: torch.randn(s) for n, s in shapes.items()}))
     agg = aggregate(updates)

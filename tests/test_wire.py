@@ -104,7 +104,7 @@ def test_huge_declared_shapes_are_rejected_before_anything_is_allocated(cfg, ali
     monkeypatch.setattr(wire, "_unpack", boom)
     data = message(cfg, alice)
     for shape in ([1 << 20, 1 << 20], [1 << 40], [1 << 17, 1 << 17]):
-        bad = edit_gauntlet_header(data, lambda h: h["tensors"][0].update(shape=shape))
+        bad = edit_gauntlet_header(data, lambda h, s=shape: h["tensors"][0].update(shape=s))
         with pytest.raises(InvalidMessage):
             decode_message(bad)
 

@@ -32,7 +32,8 @@ def clip_scales(norms: torch.Tensor, enabled: bool = True) -> torch.Tensor:
     if not enabled or norms.numel() == 0:
         return torch.ones_like(norms)
     median = norms.median()
-    return torch.where(norms > median, median / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.ones_like(norms))
+    safe = norms.clamp_min(torch.finfo(norms.dtype).tiny)
+    return torch.where(norms > median, median / safe, torch.ones_like(norms))
 
 
 def _peer_values(parts: Sequence[CompressedTensor]) -> torch.Tensor:
@@ -49,7 +50,8 @@ def _scatter_sum(lay: TensorLayout, idx: torch.Tensor, vals: torch.Tensor) -> to
     out = torch.zeros(lay.buffer_shape, dtype=vals.dtype, device=vals.device)
     if vals.device.type == "cpu":
         peers, chunks, k = vals.shape
-        out.scatter_add_(1, idx.permute(1, 0, 2).reshape(chunks, peers * k), vals.permute(1, 0, 2).reshape(chunks, peers * k))
+        flat = (chunks, peers * k)  # chunk-major: one row per chunk holding every peer's values
+        out.scatter_add_(1, idx.permute(1, 0, 2).reshape(flat), vals.permute(1, 0, 2).reshape(flat))
     else:
         for p in range(vals.shape[0]):  # order-fixed fold; see module docstring
             out.scatter_add_(1, idx[p], vals[p])

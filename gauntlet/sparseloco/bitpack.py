@@ -34,7 +34,6 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """Inverse of :func:`pack_codes`: ``count`` uint8 codes."""
     if bits == 8:
         return packed[:count]
-    per = 8 // bits
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
     return ((packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).view(-1)[:count]
 

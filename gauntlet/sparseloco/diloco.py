@@ -24,7 +24,8 @@ def dense_bytes(delta: Mapping[str, torch.Tensor]) -> int:
 class DiLoCoOuter:
     """Outer Nesterov-SGD over a model's parameters, fed with the averaged Δ as the gradient."""
 
-    def __init__(self, params: Mapping[str, torch.nn.Parameter], cfg: DiLoCoConfig = DiLoCoConfig()) -> None:
+    def __init__(self, params: Mapping[str, torch.nn.Parameter], cfg: DiLoCoConfig | None = None) -> None:
+        cfg = cfg or DiLoCoConfig()
         self.params = dict(params)
         self.opt = torch.optim.SGD(
             list(self.params.values()), lr=cfg.outer_lr, momentum=cfg.momentum, nesterov=cfg.nesterov
@@ -36,3 +37,18 @@ class DiLoCoOuter:
             p.grad = avg_delta[name].to(device=p.device, dtype=p.dtype)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Momentum buffers (absent before the first step)."""
+        out = {}
+        for name, p in self.params.items():
+            buf = self.opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"momentum.{name}"] = buf
+        return out
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        for name, p in self.params.items():
+            buf = state.get(f"momentum.{name}")
+            if buf is not None:
+                self.opt.state[p]["momentum_buffer"] = buf.clone().to(device=p.device, dtype=p.dtype)

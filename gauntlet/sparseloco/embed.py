@@ -166,3 +166,10 @@ class DiLoCo(_OuterLoop):
         self._restore_anchor()
         self.outer.step(mean_delta(deltas))
         return len(payload), sum(len(p) for p in payloads)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**super().state_dict(), **self.outer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
+        self.outer.load_state_dict(state)

@@ -34,12 +34,6 @@ class ErrorFeedback:
             n: torch.zeros(lay.buffer_shape, dtype=torch.float32, device=device) for n, lay in self.layouts.items()
         }
 
-    @classmethod
-    def for_module(cls, module: torch.nn.Module, cfg: SparseLoCoConfig) -> "ErrorFeedback":
-        params = dict(module.named_parameters())
-        device = next(iter(params.values())).device if params else "cpu"
-        return cls({n: p.shape for n, p in params.items() if p.requires_grad}, cfg, device)
-
     def compress(self, delta: Mapping[str, torch.Tensor]) -> dict[str, CompressedTensor]:
         """Fold Δ into the residuals, compress them, and subtract what was sent."""
         missing = self.layouts.keys() - delta.keys()

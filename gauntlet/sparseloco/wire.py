@@ -26,7 +26,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -49,14 +49,14 @@ DEFAULT_MAX_TENSORS = 4096
 DEFAULT_MAX_NUMEL = 1 << 34
 
 
-class Signer:
+class Signer(Protocol):
     """What :func:`encode_message` needs to sign: a hotkey address and a sign function.
     :class:`gauntlet.identity.Identity` is one."""
 
-    hotkey: str
+    @property
+    def hotkey(self) -> str: ...
 
-    def sign(self, data: bytes) -> bytes:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def sign(self, data: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,9 @@ def _parse_shapes(raw: object, max_tensors: int, max_numel: int) -> dict[str, tu
     return shapes
 
 
-def parse_header(header_json: str, max_tensors: int = DEFAULT_MAX_TENSORS, max_numel: int = DEFAULT_MAX_NUMEL) -> MessageHeader:
+def parse_header(
+    header_json: str, max_tensors: int = DEFAULT_MAX_TENSORS, max_numel: int = DEFAULT_MAX_NUMEL
+) -> MessageHeader:
     """Validate the JSON header of a message (structure and types only)."""
     try:
         raw = json.loads(header_json)
@@ -237,7 +239,21 @@ def _check_entries(header: dict, parts: list, data_len: int) -> None:
     _check(offset == data_len, f"payload is {data_len} bytes; the header implies {offset}")
 
 
-def _unpack(buf: bytearray, start: int, header: dict, layouts: Mapping[str, TensorLayout], cfg: SparseLoCoConfig) -> dict[str, CompressedTensor]:
+def _unpack_indices(name: str, packed: torch.Tensor, lay: TensorLayout) -> torch.Tensor:
+    """(num_chunks, k) int64 indices, checked: zero filler, strictly increasing, in range, not padding."""
+    _check(bitpack.index_padding_ok(packed, lay.index_bits, lay.kept), f"{name}: non-zero index filler")
+    idx = bitpack.unpack_indices(packed, lay.index_bits, lay.kept).view(lay.num_chunks, lay.k)
+    if lay.k > 1:
+        _check(bool((idx[:, 1:] > idx[:, :-1]).all()), f"{name}: indices not strictly increasing (duplicate?)")
+    _check(int(idx[:, -1].max()) < lay.chunk_numel, f"{name}: index out of range for {lay.chunk_numel}-value chunks")
+    if lay.pad_mask is not None:
+        _check(not bool(lay.pad_mask.gather(1, idx).any()), f"{name}: index points into chunk padding")
+    return idx
+
+
+def _unpack(
+    buf: bytearray, start: int, header: dict, layouts: Mapping[str, TensorLayout], cfg: SparseLoCoConfig
+) -> dict[str, CompressedTensor]:
     def part(key: str) -> torch.Tensor | None:
         if key not in header:
             return None
@@ -260,14 +276,7 @@ def _unpack(buf: bytearray, start: int, header: dict, layouts: Mapping[str, Tens
         if not lay.sparse:
             out[name] = CompressedTensor(lay, codes=codes, lookup=lookup)
             continue
-        packed_idx = part(f"{name}::idx")
-        _check(bitpack.index_padding_ok(packed_idx, lay.index_bits, lay.kept), f"{name}: non-zero index filler")
-        idx = bitpack.unpack_indices(packed_idx, lay.index_bits, lay.kept).view(lay.num_chunks, lay.k)
-        if lay.k > 1:
-            _check(bool((idx[:, 1:] > idx[:, :-1]).all()), f"{name}: indices not strictly increasing in a chunk (duplicate?)")
-        _check(int(idx[:, -1].max()) < lay.chunk_numel, f"{name}: index out of range for {lay.chunk_numel}-value chunks")
-        if lay.pad_mask is not None:
-            _check(not bool(lay.pad_mask.gather(1, idx).any()), f"{name}: index points into chunk padding")
+        idx = _unpack_indices(name, part(f"{name}::idx"), lay)
         out[name] = CompressedTensor(lay, idx=idx, codes=codes.view(lay.num_chunks, lay.k), lookup=lookup)
     return out
 
@@ -307,7 +316,8 @@ def decode_message(
            f"message is for window {head.window}, expected {expected_window}")
     _check(expected_run is None or head.run == expected_run, "message is for another run (run hash differs)")
     _check(expected_hotkey is None or head.hotkey == expected_hotkey, "message was sent by another hotkey")
-    _check(expected_codec is None or head.codec == codec_params(expected_codec), "codec parameters differ from the run's")
+    _check(expected_codec is None or head.codec == codec_params(expected_codec),
+           "codec parameters differ from the run's")
     if spec is not None:
         want = {n: tuple(int(d) for d in s) for n, s in spec.items()}
         _check(head.shapes.keys() == want.keys(), "message tensors differ from the model's")
