@@ -37,7 +37,23 @@ class TransportError(GauntletError):
 
 
 class StorageError(GauntletError):
-    """An object store operation failed."""
+    """An object store operation failed (after retries, where retrying made sense)."""
+
+
+class ObjectNotFound(StorageError):
+    """The object does not exist."""
+
+
+class ObjectTooLarge(StorageError):
+    """The object is larger than the caller's limit; its body was not (fully) read."""
+
+
+class AccessDenied(StorageError):
+    """The credentials may not do this (a read-only key writing, a wrong secret)."""
+
+
+class InvalidCommitment(GauntletError, ValueError):
+    """A chain commitment (e.g. a bucket card) is malformed."""
 
 
 class ChainError(GauntletError):

@@ -34,12 +34,25 @@ class Identity:
         return cls(Keypair.from_uri(uri))
 
     @classmethod
+    def from_wallet(cls, name: str, hotkey: str = "default", path: str | None = None) -> "Identity":
+        """The hotkey of a bittensor wallet on disk (``~/.bittensor/wallets/NAME/hotkeys/HOTKEY``)."""
+        from bittensor import Wallet  # the full SDK is only needed for wallets on disk
+
+        wallet = Wallet(name, hotkey=hotkey, **({"path": path} if path else {}))
+        return cls(wallet.hotkey)
+
+    @classmethod
     def generate(cls) -> "Identity":
         return cls(Keypair.from_seed(secrets.token_bytes(32)))
 
     @property
     def hotkey(self) -> str:
         return self._keypair.ss58_address
+
+    @property
+    def keypair(self) -> Keypair:
+        """The sr25519 keypair, for signing chain extrinsics."""
+        return self._keypair
 
     def sign(self, data: bytes) -> bytes:
         """64-byte sr25519 signature of ``data``."""

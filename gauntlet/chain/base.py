@@ -1,0 +1,81 @@
+"""The chain interface every backend implements, and the values it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+COMMITMENT_FIELD_BYTES = 128  # Bittensor's largest raw commitment field (Raw128)
+COMMITMENT_MAX_FIELDS = 3  # the Commitments pallet's MaxFields
+MAX_COMMITMENT_BYTES = COMMITMENT_FIELD_BYTES * COMMITMENT_MAX_FIELDS
+
+
+@dataclass(frozen=True)
+class Neuron:
+    uid: int
+    hotkey: str
+    stake: float
+    validator_permit: bool
+
+
+@dataclass(frozen=True)
+class Commitment:
+    hotkey: str
+    data: bytes
+    block: int  # the block it was published at
+
+
+class HotkeySigner(Protocol):
+    """What signs chain writes: :class:`gauntlet.identity.Identity` is one."""
+
+    @property
+    def hotkey(self) -> str: ...
+
+    @property
+    def keypair(self): ...
+
+
+class Chain(Protocol):
+    """A subnet's view of the chain: the block clock, the registry, commitments and weights."""
+
+    url: str
+    netuid: int
+
+    def block(self) -> int:
+        """The current block number."""
+        ...
+
+    def metagraph(self) -> list[Neuron]:
+        """Every registered neuron, by uid."""
+        ...
+
+    def commit(self, signer: HotkeySigner, data: bytes) -> None:
+        """Publish ``data`` (≤ 384 bytes) as the signer's commitment, replacing its previous one."""
+        ...
+
+    def commitments(self) -> dict[str, Commitment]:
+        """The latest commitment of every hotkey that has one."""
+        ...
+
+    def set_weights(self, signer: HotkeySigner, weights: Mapping[int, float]) -> None:
+        """Set the signer's (a validator's) weights over uids."""
+        ...
+
+    def weights(self) -> dict[int, dict[int, float]]:
+        """The latest weights of each validator uid, each row normalised to sum to 1."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def window_of(block: int, blocks_per_window: int) -> int:
+    """The window a block belongs to (PROTOCOL §1)."""
+    return block // blocks_per_window
+
+
+def normalise(weights: Mapping[int, float]) -> dict[int, float]:
+    """Drop non-positive entries and scale the rest to sum to 1 (empty if nothing is positive)."""
+    positive = {int(u): float(w) for u, w in weights.items() if w > 0}
+    total = sum(positive.values())
+    return {u: w / total for u, w in sorted(positive.items())} if total > 0 else {}

@@ -1,0 +1,171 @@
+"""The embedded chain: one SQLite file that any number of processes share.
+
+Blocks advance with wall-clock time (``clock=wall``: ``block = (now − genesis) / block_time``) or
+only when told to (``clock=manual``: :meth:`LocalChain.advance`, for deterministic simulations).
+The clock settings are fixed by whoever creates the file; later openers read them from it. The file
+runs in WAL mode, every write is one ``BEGIN IMMEDIATE`` transaction, and every read one snapshot,
+so readers never see half a write. Registration (hotkeys, stakes, validator permits) is explicit:
+:meth:`LocalChain.register`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from gauntlet.chain.base import MAX_COMMITMENT_BYTES, Commitment, HotkeySigner, Neuron, normalise
+from gauntlet.errors import ChainError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS neurons (
+    uid INTEGER PRIMARY KEY, hotkey TEXT UNIQUE NOT NULL, stake REAL NOT NULL,
+    validator_permit INTEGER NOT NULL, registered_block INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS commitments (hotkey TEXT PRIMARY KEY, data BLOB NOT NULL, block INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS weights (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, validator_uid INTEGER NOT NULL, block INTEGER NOT NULL,
+    weights TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS weights_by_validator ON weights (validator_uid, id);
+"""
+
+
+class LocalChain:
+    def __init__(self, path: str | Path, *, block_time: float = 12.0, clock: str = "wall", netuid: int = 1,
+                 timeout: float = 30.0) -> None:
+        if clock not in ("wall", "manual"):
+            raise ChainError(f"local chain clock must be 'wall' or 'manual', not {clock!r}")
+        if block_time <= 0:
+            raise ChainError("local chain block_time must be positive")
+        self.path = Path(path).resolve()
+        self.netuid = netuid
+        self.url = f"local://{self.path}"
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            with self._write() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                defaults = {"genesis": repr(time.time()), "block_time": repr(block_time), "clock": clock, "block": "0"}
+                for key, value in defaults.items():
+                    db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+        except sqlite3.Error as exc:
+            raise ChainError(f"cannot open local chain {self.path}: {exc}") from exc
+        meta = dict(self._read("SELECT key, value FROM meta"))
+        self.genesis, self.block_time, self.clock = float(meta["genesis"]), float(meta["block_time"]), meta["clock"]
+
+    # ------------------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _write(self):
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise ChainError(f"local chain {self.path}: {exc}") from exc
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise ChainError(f"local chain {self.path}: {exc}") from exc
+
+    # ----------------------------------------------------------------------------------- clock
+
+    def block(self) -> int:
+        if self.clock == "manual":
+            return int(self._read("SELECT value FROM meta WHERE key = 'block'")[0][0])
+        return int((time.time() - self.genesis) / self.block_time)
+
+    def advance(self, blocks: int = 1) -> int:
+        """Move a manual clock forward; returns the new block."""
+        if self.clock != "manual":
+            raise ChainError("advance() needs a chain created with clock=manual")
+        if blocks < 0:
+            raise ChainError("the chain cannot go back in time")
+        with self._write() as db:
+            db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'block'", (blocks,))
+            return int(db.execute("SELECT value FROM meta WHERE key = 'block'").fetchone()[0])
+
+    # -------------------------------------------------------------------------------- registry
+
+    def register(self, hotkey: str, *, stake: float = 0.0, validator_permit: bool = False) -> int:
+        """Register a hotkey (idempotent: an existing hotkey keeps its uid, stake and permit are
+        updated). Returns its uid."""
+        block = self.block()
+        with self._write() as db:
+            row = db.execute("SELECT uid FROM neurons WHERE hotkey = ?", (hotkey,)).fetchone()
+            if row is not None:
+                db.execute("UPDATE neurons SET stake = ?, validator_permit = ? WHERE uid = ?",
+                           (stake, int(validator_permit), row[0]))
+                return int(row[0])
+            uid = db.execute("SELECT COALESCE(MAX(uid) + 1, 0) FROM neurons").fetchone()[0]
+            db.execute("INSERT INTO neurons VALUES (?, ?, ?, ?, ?)", (uid, hotkey, stake, int(validator_permit), block))
+            return int(uid)
+
+    def metagraph(self) -> list[Neuron]:
+        rows = self._read("SELECT uid, hotkey, stake, validator_permit FROM neurons ORDER BY uid")
+        return [Neuron(int(u), h, float(s), bool(p)) for u, h, s, p in rows]
+
+    def _uid(self, db: sqlite3.Connection, hotkey: str) -> tuple[int, bool]:
+        row = db.execute("SELECT uid, validator_permit FROM neurons WHERE hotkey = ?", (hotkey,)).fetchone()
+        if row is None:
+            raise ChainError(f"hotkey {hotkey} is not registered on local chain {self.path}")
+        return int(row[0]), bool(row[1])
+
+    # ----------------------------------------------------------------------------- commitments
+
+    def commit(self, signer: HotkeySigner, data: bytes) -> None:
+        if len(data) > MAX_COMMITMENT_BYTES:
+            raise ChainError(f"commitment is {len(data)} bytes; at most {MAX_COMMITMENT_BYTES} fit")
+        block = self.block()
+        with self._write() as db:
+            self._uid(db, signer.hotkey)
+            db.execute("INSERT OR REPLACE INTO commitments VALUES (?, ?, ?)", (signer.hotkey, bytes(data), block))
+
+    def commitments(self) -> dict[str, Commitment]:
+        rows = self._read("SELECT hotkey, data, block FROM commitments ORDER BY hotkey")
+        return {h: Commitment(h, bytes(d), int(b)) for h, d, b in rows}
+
+    # --------------------------------------------------------------------------------- weights
+
+    def set_weights(self, signer: HotkeySigner, weights: Mapping[int, float]) -> None:
+        row = normalise(weights)
+        if not row:
+            raise ChainError("all weights are zero; nothing to set")
+        block = self.block()
+        with self._write() as db:
+            uid, permit = self._uid(db, signer.hotkey)
+            if not permit:
+                raise ChainError(f"hotkey {signer.hotkey} (uid {uid}) has no validator permit")
+            db.execute("INSERT INTO weights (validator_uid, block, weights) VALUES (?, ?, ?)",
+                       (uid, block, json.dumps(row)))
+
+    def weights(self) -> dict[int, dict[int, float]]:
+        rows = self._read("SELECT validator_uid, weights FROM weights WHERE id IN "
+                          "(SELECT MAX(id) FROM weights GROUP BY validator_uid) ORDER BY validator_uid")
+        return {int(v): {int(u): w for u, w in json.loads(text).items()} for v, text in rows}
+
+    def weights_history(self, validator_uid: int) -> list[tuple[int, dict[int, float]]]:
+        """Every (block, weights) a validator set, oldest first."""
+        rows = self._read("SELECT block, weights FROM weights WHERE validator_uid = ? ORDER BY id", (validator_uid,))
+        return [(int(b), {int(u): w for u, w in json.loads(t).items()}) for b, t in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

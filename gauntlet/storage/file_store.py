@@ -1,0 +1,100 @@
+"""The embedded object store: a directory on the local file system.
+
+Writes go to a uniquely named temporary file in the target directory, are flushed to disk and then
+renamed over the target (``os.replace``), so several processes can read and write the same store
+at once and a reader never sees a partial object. ``last_modified`` is the file's mtime.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from gauntlet.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, StorageError
+from gauntlet.storage.base import ObjectInfo, check_key
+
+_TMP_SUFFIX = ".partial"
+
+
+class FileStore:
+    def __init__(self, root: str | Path, read_only: bool = False) -> None:
+        self.root = Path(root).resolve()
+        self.read_only = read_only
+        self.url = self.root.as_uri()
+        if not read_only:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise AccessDenied(f"{self.url} is opened read-only")
+
+    def put(self, key: str, data: bytes) -> None:
+        self._writable()
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StorageError(f"cannot write {key} in {self.url}: {exc.strerror or exc}") from exc
+
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if max_bytes is not None and size > max_bytes:
+                    raise ObjectTooLarge(f"{key} is {size} bytes, over the {max_bytes}-byte limit")
+                data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{key} does not exist in {self.url}") from None
+        except IsADirectoryError:
+            raise ObjectNotFound(f"{key} is a prefix, not an object, in {self.url}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {key} from {self.url}: {exc.strerror or exc}") from exc
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLarge(f"{key} grew over the {max_bytes}-byte limit while being read")
+        return data
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        if not self._path(key).is_file():
+            return None
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        out: list[ObjectInfo] = []
+        if not base.is_dir():
+            return out
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.endswith(_TMP_SUFFIX):
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    try:
+                        st = full.stat()
+                    except FileNotFoundError:  # deleted meanwhile
+                        continue
+                    out.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        return sorted(out, key=lambda o: o.key)
+
+    def delete(self, key: str) -> None:
+        self._writable()
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key} from {self.url}: {exc.strerror or exc}") from exc
