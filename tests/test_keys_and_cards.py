@@ -4,7 +4,6 @@ from hypothesis import strategies as st
 
 from gauntlet.errors import InvalidCommitment
 from gauntlet.storage import BucketCard, check_card_endpoint, keys
-from gauntlet.storage.card import MAX_CARD_BYTES
 
 HK = "5DJ3SyKbetjtJ1xWZAnuBvdjJP6J4JnDqcR3h7kRx9QnjamY"
 

@@ -109,7 +109,8 @@ class BittensorChain:
         graph = self._run(self._client.subnets.metagraph(self.netuid, commitments=False), "read the metagraph")
         if graph is None:
             raise ChainError(f"subnet {self.netuid} does not exist on {self.network}")
-        return [Neuron(n.uid, n.hotkey, float(n.total_stake.rao) / 1e9, bool(n.validator_permit)) for n in graph.neurons]
+        return [Neuron(n.uid, n.hotkey, float(n.total_stake.rao) / 1e9, bool(n.validator_permit))
+                for n in graph.neurons]
 
     def commit(self, signer: HotkeySigner, data: bytes) -> None:
         if len(data) > MAX_COMMITMENT_BYTES:

@@ -169,7 +169,8 @@ class S3Store:
     def head(self, key: str) -> ObjectInfo | None:
         check_key(key)
         try:
-            meta: dict[str, Any] = self._call(f"head {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=key))
+            meta: dict[str, Any] = self._call(
+                f"head {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=key))
         except ObjectNotFound:
             return None
         return ObjectInfo(key, int(meta["ContentLength"]), meta["LastModified"].timestamp())

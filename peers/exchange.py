@@ -1,0 +1,54 @@
+"""Publishing and fetching peer messages through object stores, checked against the chain.
+
+The distinction between whose fault a failure is matters to scoring: :class:`InvalidMessage` means
+the *peer* published something unacceptable (bad bytes, wrong window, signed by someone else, too
+large, not registered); :class:`~gauntlet.errors.ObjectNotFound` means it published nothing; any
+other :class:`~gauntlet.errors.StorageError` is the infrastructure's fault and must not be held
+against the peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import torch
+
+from gauntlet.config import SparseLoCoConfig
+from gauntlet.errors import InvalidMessage, ObjectTooLarge
+from gauntlet.sparseloco.wire import Message, decode_message
+from gauntlet.storage import ObjectStore, keys
+
+
+def publish_message(store: ObjectStore, run: str, window: int, hotkey: str, data: bytes) -> str:
+    """Upload an encoded message under its canonical key; returns the key."""
+    key = keys.message(run, window, hotkey)
+    store.put(key, data)
+    return key
+
+
+def fetch_message(
+    store: ObjectStore,
+    *,
+    run: str,
+    window: int,
+    hotkey: str,
+    registered: Collection[str],
+    spec: Mapping[str, tuple[int, ...] | torch.Size],
+    codec: SparseLoCoConfig,
+    max_bytes: int,
+) -> Message:
+    """Fetch and validate ``hotkey``'s message for ``window`` from the store its card points to.
+
+    The message must be signed by ``hotkey`` (the owner of the bucket it came from), for this run
+    and window, match the model ``spec`` and codec, and ``hotkey`` must be registered on chain.
+    Replays of another window, messages copied from another peer's bucket and forgeries all raise
+    :class:`InvalidMessage`.
+    """
+    if hotkey not in registered:
+        raise InvalidMessage(f"hotkey {hotkey} is not registered on the subnet")
+    try:
+        data = store.get(keys.message(run, window, hotkey), max_bytes=max_bytes)
+    except ObjectTooLarge as exc:
+        raise InvalidMessage(f"message of {hotkey} is too large: {exc}") from exc
+    return decode_message(data, spec=spec, expected_window=window, expected_run=run, expected_hotkey=hotkey,
+                          expected_codec=codec, max_bytes=max_bytes)
