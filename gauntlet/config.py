@@ -77,6 +77,42 @@ class DiLoCoConfig(_Section):
     nesterov: bool = True
 
 
+class DataConfig(_Section):
+    """The training corpus and tokenizer (PROTOCOL §5 assigns samples of it to peers)."""
+
+    source: str = Field("stdlib", description="stdlib (offline default: the Python standard library "
+                        "sources), a local file or directory (.txt .md .py .jsonl .parquet), or hf:NAME[:SPLIT]")
+    tokenizer: str = Field("bytes", description="bytes, bpe:VOCAB (trained on the corpus, cached), "
+                           "or a Hugging Face tokenizer name/path")
+    seq_len: int = Field(128, ge=8, le=65536, description="Tokens per training sequence.")
+    val_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share of documents held out.")
+    max_tokens: int | None = Field(None, ge=1, description="Stop preparing after this many tokens.")
+
+
+class ModelConfig(_Section):
+    preset: str = Field("tiny", description="tiny, small, 150M, 1B, or a local path / hub name of a causal LM")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    autocast_bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+
+
+class TrainConfig(_Section):
+    """What a peer trains each window: ``inner.steps`` batches of ``batch_size`` assigned sequences."""
+
+    batch_size: int = Field(8, ge=1)
+    eval_batches: int = Field(2, ge=1, description="Validation batches for the loss a peer reports.")
+
+
+class TimingConfig(_Section):
+    """Windows and the upload slot (PROTOCOL §1)."""
+
+    blocks_per_window: int = Field(125, ge=1)
+    upload_slot_s: float = Field(70.0, gt=0.0, description="Uploads count when the store's LastModified is "
+                                 "within this many seconds after the window boundary.")
+    slot_grace_s: float = Field(1.0, ge=0.0, description="Tolerated clock skew at both ends of the slot.")
+    gather_timeout_s: float = Field(60.0, gt=0.0)
+    max_message_bytes: int = Field(512 << 20, ge=1024)
+
+
 class GauntletConfig(_Section):
     """Every parameter of a run. Sections group the parameters by the part of PROTOCOL.md they serve."""
 
@@ -85,6 +121,15 @@ class GauntletConfig(_Section):
     sparseloco: SparseLoCoConfig = SparseLoCoConfig()
     inner: InnerConfig = InnerConfig()
     diloco: DiLoCoConfig = DiLoCoConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    timing: TimingConfig = TimingConfig()
+
+    @property
+    def samples_per_window(self) -> int:
+        """Sequences a peer is assigned (and must train on) each window."""
+        return self.inner.steps * self.train.batch_size
 
     def canonical_json(self) -> str:
         """Sorted, compact JSON of every field: the input of :meth:`run_hash`."""

@@ -1,0 +1,86 @@
+"""Where documents come from: the offline standard-library corpus, local files, or a hub dataset.
+
+Every source yields ``(doc_id, text)`` in a fixed order, so that every node that prepares the same
+source gets the same token stream. The train/validation split is by document: a document goes to
+validation when the first two bytes of ``sha256(doc_id)``, read as a big-endian number, fall below
+``val_fraction · 65536``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+from gauntlet.errors import ConfigError
+
+TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst"}
+
+
+def is_validation(doc_id: str, val_fraction: float) -> bool:
+    return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:2], "big") < val_fraction * 65536
+
+
+def _stdlib() -> Iterator[tuple[str, str]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts):
+        yield path.relative_to(root).as_posix(), path.read_text(encoding="utf-8", errors="replace")
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, str]]:
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{n + 1} is not valid JSON: {exc}") from None
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    raise ConfigError(f"{path}:{n + 1} needs a string field 'text'")
+                yield f"{path.name}:{n}", row["text"]
+
+
+def _parquet(path: Path) -> Iterator[tuple[str, str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(f"reading {path} needs pyarrow: pip install pyarrow") from None
+    table = pq.read_table(path, columns=["text"])
+    for n, text in enumerate(table.column("text").to_pylist()):
+        yield f"{path.name}:{n}", text or ""
+
+
+def _local(path: Path) -> Iterator[tuple[str, str]]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if f.suffix == ".jsonl":
+            yield from _jsonl(f)
+        elif f.suffix == ".parquet":
+            yield from _parquet(f)
+        elif f.suffix in TEXT_SUFFIXES:
+            yield f.relative_to(path).as_posix() if path.is_dir() else f.name, f.read_text("utf-8", errors="replace")
+
+
+def _hub(spec: str) -> Iterator[tuple[str, str]]:
+    name, _, split = spec.partition(":")
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise ConfigError(f"data source hf:{spec} needs the datasets package: pip install datasets") from None
+    rows = load_dataset(name, split=split or "train", streaming=True)
+    for n, row in enumerate(rows):
+        yield f"{name}:{n}", row.get("text") or ""
+
+
+def iter_documents(source: str) -> Iterator[tuple[str, str]]:
+    """``(doc_id, text)`` pairs of a source: ``stdlib``, a local path, or ``hf:NAME[:SPLIT]``."""
+    if source == "stdlib":
+        return _stdlib()
+    if source.startswith("hf:"):
+        return _hub(source[3:])
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data source {source!r} is neither 'stdlib', 'hf:NAME', nor an existing path")
+    return _local(path)
