@@ -67,6 +67,8 @@ class InnerConfig(_Section):
     grad_clip: float = Field(1.0, gt=0.0)
     warmup_steps: int = Field(250, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
+    decay_steps: int = Field(100_000, ge=1, description="Inner steps over which the cosine decays.")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Final lr as a share of lr.")
 
 
 class DiLoCoConfig(_Section):

@@ -2,6 +2,7 @@
 
 Subcommands available in this version:
 
+- ``gauntlet peer``: run a peer node (see ``gauntlet peer --help``).
 - ``gauntlet inspect FILE``: decode and fully validate a peer message (the wire format), and show
   its header and what each tensor carries. Exit status 0 for a valid message, 2 for an invalid one.
 """
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--window", type=int, help="require this window")
     ins.add_argument("--max-bytes", type=int, default=1 << 30, help="refuse larger files (default 1 GiB)")
     ins.set_defaults(func=_inspect)
+    from peers.peer_cli import add_parser as add_peer
+
+    add_peer(sub)
     return ap
 
 
@@ -95,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

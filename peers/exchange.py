@@ -16,7 +16,7 @@ import torch
 from gauntlet.config import SparseLoCoConfig
 from gauntlet.errors import InvalidMessage, ObjectTooLarge
 from gauntlet.sparseloco.wire import Message, decode_message
-from gauntlet.storage import ObjectStore, keys
+from gauntlet.storage import ObjectInfo, ObjectStore, keys
 
 
 def publish_message(store: ObjectStore, run: str, window: int, hotkey: str, data: bytes) -> str:
@@ -24,6 +24,31 @@ def publish_message(store: ObjectStore, run: str, window: int, hotkey: str, data
     key = keys.message(run, window, hotkey)
     store.put(key, data)
     return key
+
+
+def fetch_message_at(
+    store: ObjectStore,
+    *,
+    run: str,
+    window: int,
+    hotkey: str,
+    registered: Collection[str],
+    spec: Mapping[str, tuple[int, ...] | torch.Size],
+    codec: SparseLoCoConfig,
+    max_bytes: int,
+    run_hash: str | None = None,
+) -> tuple[Message, ObjectInfo]:
+    """:func:`fetch_message`, plus the store's metadata (last-modified time) of the bytes decoded.
+    ``run`` names the run in object keys; ``run_hash`` (default: ``run``) is what headers carry."""
+    if hotkey not in registered:
+        raise InvalidMessage(f"hotkey {hotkey} is not registered on the subnet")
+    try:
+        data, info = store.read(keys.message(run, window, hotkey), max_bytes=max_bytes)
+    except ObjectTooLarge as exc:
+        raise InvalidMessage(f"message of {hotkey} is too large: {exc}") from exc
+    message = decode_message(data, spec=spec, expected_window=window, expected_run=run_hash or run,
+                             expected_hotkey=hotkey, expected_codec=codec, max_bytes=max_bytes)
+    return message, info
 
 
 def fetch_message(
@@ -44,11 +69,5 @@ def fetch_message(
     Replays of another window, messages copied from another peer's bucket and forgeries all raise
     :class:`InvalidMessage`.
     """
-    if hotkey not in registered:
-        raise InvalidMessage(f"hotkey {hotkey} is not registered on the subnet")
-    try:
-        data = store.get(keys.message(run, window, hotkey), max_bytes=max_bytes)
-    except ObjectTooLarge as exc:
-        raise InvalidMessage(f"message of {hotkey} is too large: {exc}") from exc
-    return decode_message(data, spec=spec, expected_window=window, expected_run=run, expected_hotkey=hotkey,
-                          expected_codec=codec, max_bytes=max_bytes)
+    return fetch_message_at(store, run=run, window=window, hotkey=hotkey, registered=registered, spec=spec,
+                            codec=codec, max_bytes=max_bytes)[0]

@@ -64,6 +64,9 @@ class MemorySubstrate:
 
     async def query(self, module: str, name: str, params: list | None = None, block_hash: str | None = None) -> Any:
         params = params or []
+        if (module, name) == ("Timestamp", "Now"):  # 12 s blocks from a fixed epoch, in milliseconds
+            block = int(block_hash, 16) if block_hash else self.current
+            return 1_700_000_000_000 + 12_000 * block
         if (module, name) == ("SubtensorModule", "Uids"):
             return self._uid(params[1])
         if (module, name) == ("SubtensorModule", "ValidatorPermit"):

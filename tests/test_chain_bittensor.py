@@ -29,6 +29,7 @@ def chain(substrate):
 
 def test_block_and_metagraph(chain, substrate):
     assert isinstance(chain, BittensorChain) and chain.block() == 5000
+    assert chain.timestamp(4990) == 1_700_000_000 + 12 * 4990  # from Timestamp.Now at that block
     neurons = chain.metagraph()
     assert [(n.uid, n.hotkey, n.stake, n.validator_permit) for n in neurons] == [
         (0, MINER.hotkey, 0.0, False), (1, VALIDATOR.hotkey, 1000.0, True)]

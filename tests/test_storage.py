@@ -30,6 +30,8 @@ def test_round_trip_head_list_and_delete(store):
     info = store.head("runs/b/z.bin")
     assert info.size == 1000 and info.key == "runs/b/z.bin" and info.last_modified > 1.7e9
     assert store.head("runs/none") is None
+    data, read_info = store.read("runs/b/z.bin")
+    assert data == b"z" * 1000 and read_info.size == 1000 and abs(read_info.last_modified - info.last_modified) < 1
     assert [o.key for o in store.list("runs/a/")] == ["runs/a/sub/y.bin", "runs/a/x.bin"]
     assert [o.key for o in store.list("runs/")] == ["runs/a/sub/y.bin", "runs/a/x.bin", "runs/b/z.bin"]
     assert [o.key for o in store.list("runs/a/x")] == ["runs/a/x.bin"]

@@ -46,6 +46,10 @@ class Chain(Protocol):
         """The current block number."""
         ...
 
+    def timestamp(self, block: int) -> float:
+        """Unix time at which ``block`` was (or, for a future block, is expected to be) produced."""
+        ...
+
     def metagraph(self) -> list[Neuron]:
         """Every registered neuron, by uid."""
         ...

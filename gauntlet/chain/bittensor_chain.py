@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -104,6 +105,13 @@ class BittensorChain:
 
     def block(self) -> int:
         return int(self._run(self._client.block(), "read the block"))
+
+    def timestamp(self, block: int) -> float:
+        current = self.block()
+        if block <= current:
+            return self._run(self._client.timestamp(block), f"read the time of block {block}").timestamp()
+        seconds = self._run(self._client.block_time(), "read the block time")
+        return time.time() + (block - current) * seconds
 
     def metagraph(self) -> list[Neuron]:
         graph = self._run(self._client.subnets.metagraph(self.netuid, commitments=False), "read the metagraph")

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS weights (
     id INTEGER PRIMARY KEY AUTOINCREMENT, validator_uid INTEGER NOT NULL, block INTEGER NOT NULL,
     weights TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS weights_by_validator ON weights (validator_uid, id);
+CREATE TABLE IF NOT EXISTS block_times (block INTEGER PRIMARY KEY, time REAL NOT NULL);
 """
 
 
@@ -57,6 +58,7 @@ class LocalChain:
                 defaults = {"genesis": repr(time.time()), "block_time": repr(block_time), "clock": clock, "block": "0"}
                 for key, value in defaults.items():
                     db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+                db.execute("INSERT OR IGNORE INTO block_times VALUES (0, ?)", (float(defaults["genesis"]),))
         except sqlite3.Error as exc:
             raise ChainError(f"cannot open local chain {self.path}: {exc}") from exc
         meta = dict(self._read("SELECT key, value FROM meta"))
@@ -100,7 +102,18 @@ class LocalChain:
             raise ChainError("the chain cannot go back in time")
         with self._write() as db:
             db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'block'", (blocks,))
-            return int(db.execute("SELECT value FROM meta WHERE key = 'block'").fetchone()[0])
+            block = int(db.execute("SELECT value FROM meta WHERE key = 'block'").fetchone()[0])
+            db.execute("INSERT OR REPLACE INTO block_times VALUES (?, ?)", (block, time.time()))
+            return block
+
+    def timestamp(self, block: int) -> float:
+        """Wall clock: ``genesis + block · block_time``. Manual clock: when ``advance`` reached the
+        block (the latest block at or before it); a future block is expected ``block_time`` apart."""
+        if self.clock == "wall":
+            return self.genesis + block * self.block_time
+        row = self._read("SELECT block, time FROM block_times WHERE block <= ? ORDER BY block DESC LIMIT 1", (block,))
+        reached, at = row[0]
+        return float(at) + (block - int(reached)) * self.block_time if block > self.block() else float(at)
 
     # -------------------------------------------------------------------------------- registry
 

@@ -34,10 +34,16 @@ class ObjectStore(Protocol):
 
     url: str
     read_only: bool
+    time_resolution: float  # seconds: S3 reports LastModified truncated to whole seconds
 
     def put(self, key: str, data: bytes) -> None: ...
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes: ...
+
+    def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        """Like ``get``, plus the size and last-modified time *of the bytes returned* (not of
+        whatever the key holds a moment later)."""
+        ...
 
     def head(self, key: str) -> ObjectInfo | None: ...
 

@@ -18,6 +18,8 @@ _TMP_SUFFIX = ".partial"
 
 
 class FileStore:
+    time_resolution = 0.0
+
     def __init__(self, root: str | Path, read_only: bool = False) -> None:
         self.root = Path(root).resolve()
         self.read_only = read_only
@@ -47,10 +49,14 @@ class FileStore:
             raise StorageError(f"cannot write {key} in {self.url}: {exc.strerror or exc}") from exc
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        return self.read(key, max_bytes)[0]
+
+    def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
         path = self._path(key)
         try:
             with open(path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
+                st = os.fstat(fh.fileno())  # the inode we read: a later os.replace does not change it
+                size = st.st_size
                 if max_bytes is not None and size > max_bytes:
                     raise ObjectTooLarge(f"{key} is {size} bytes, over the {max_bytes}-byte limit")
                 data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
@@ -62,7 +68,7 @@ class FileStore:
             raise StorageError(f"cannot read {key} from {self.url}: {exc.strerror or exc}") from exc
         if max_bytes is not None and len(data) > max_bytes:
             raise ObjectTooLarge(f"{key} grew over the {max_bytes}-byte limit while being read")
-        return data
+        return data, ObjectInfo(key, len(data), st.st_mtime)
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

@@ -44,6 +44,8 @@ class _Transient(Exception):
 
 
 class S3Store:
+    time_resolution = 1.0  # LastModified is an HTTP date: whole seconds
+
     def __init__(
         self,
         bucket: str,
@@ -143,6 +145,9 @@ class S3Store:
             raise
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        return self.read(key, max_bytes)[0]
+
+    def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
         check_key(key)
         if max_bytes is not None:
             info = self.head(key)
@@ -151,8 +156,9 @@ class S3Store:
             if info.size > max_bytes:
                 raise ObjectTooLarge(f"{key} is {info.size} bytes, over the {max_bytes}-byte limit")
 
-        def fetch() -> bytes:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        def fetch() -> tuple[bytes, ObjectInfo]:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            body = response["Body"]
             chunks, total = [], 0
             try:
                 while chunk := body.read(_STREAM_CHUNK):
@@ -162,7 +168,8 @@ class S3Store:
                     chunks.append(chunk)
             finally:
                 body.close()
-            return b"".join(chunks)
+            data = b"".join(chunks)
+            return data, ObjectInfo(key, len(data), response["LastModified"].timestamp())
 
         return self._call(f"get {key}", fetch)
 

@@ -1,0 +1,93 @@
+"""Gathering the peers' messages for one window, concurrently, under the upload-slot rule.
+
+A message counts for window ``w`` when the store's last-modified time *of the bytes read* lies in
+the slot ``[start(w+1) − grace − resolution, start(w+1) + upload_slot + grace]``, where resolution is
+how coarse the store's clock is (S3: 1 s). Every node reads after the slot
+has closed, so every node that can reach the stores computes the same set — and so the same
+weights. Each peer's outcome is classified by whose fault it is (see :mod:`peers.exchange`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from gauntlet.config import SparseLoCoConfig
+from gauntlet.errors import InvalidMessage, ObjectNotFound, StorageError
+from gauntlet.sparseloco.wire import Message
+from gauntlet.storage import ObjectStore
+from peers.exchange import fetch_message_at
+
+
+@dataclass
+class GatherResult:
+    window: int
+    messages: dict[str, Message] = field(default_factory=dict)  # in the slot and valid, by hotkey
+    missing: list[str] = field(default_factory=list)  # uploaded nothing
+    outside_slot: dict[str, float] = field(default_factory=dict)  # hotkey -> last-modified time
+    invalid: dict[str, str] = field(default_factory=dict)  # the peer's fault
+    failed: dict[str, str] = field(default_factory=dict)  # the infrastructure's fault
+
+    def ordered(self) -> list[tuple[str, Message]]:
+        """Valid messages in canonical (hotkey) order: the order every node aggregates in."""
+        return sorted(self.messages.items())
+
+
+def gather(
+    window: int,
+    sources: Mapping[str, ObjectStore],
+    *,
+    run: str,
+    run_hash: str,
+    registered: Collection[str],
+    spec: Mapping[str, tuple[int, ...] | torch.Size],
+    codec: SparseLoCoConfig,
+    slot: tuple[float, float] | None,
+    max_bytes: int,
+    timeout: float,
+    workers: int = 8,
+) -> GatherResult:
+    """Fetch and validate ``window``'s message of every hotkey in ``sources`` (hotkey → its store).
+    ``slot=None`` takes whatever is there now (for looking at others' updates before the slot)."""
+    result = GatherResult(window)
+
+    def one(hotkey: str, store: ObjectStore) -> tuple[str, object]:
+        try:
+            message, info = fetch_message_at(store, run=run, window=window, hotkey=hotkey, registered=registered,
+                                             spec=spec, codec=codec, max_bytes=max_bytes, run_hash=run_hash)
+        except ObjectNotFound:
+            return "missing", None
+        except InvalidMessage as exc:
+            return "invalid", str(exc)
+        except StorageError as exc:
+            return "failed", str(exc)
+        # a store whose clock is truncated (S3: whole seconds) may date an in-slot upload up to one
+        # resolution step before the slot opened
+        if slot is not None and not slot[0] - store.time_resolution <= info.last_modified <= slot[1]:
+            return "outside", info.last_modified
+        return "ok", message
+
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, min(workers, len(sources))), thread_name_prefix="gather")
+    futures = {pool.submit(one, hk, store): hk for hk, store in sources.items()}
+    done, pending = cf.wait(futures, timeout=timeout)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for future in done:
+        hotkey = futures[future]
+        kind, value = future.result()
+        if kind == "ok":
+            result.messages[hotkey] = value
+        elif kind == "missing":
+            result.missing.append(hotkey)
+        elif kind == "outside":
+            result.outside_slot[hotkey] = value
+        elif kind == "invalid":
+            result.invalid[hotkey] = value
+        else:
+            result.failed[hotkey] = value
+    for future in pending:
+        result.failed[futures[future]] = f"no answer within {timeout:.0f} s"
+    result.missing.sort()
+    return result

@@ -1,0 +1,266 @@
+"""The peer node (PROTOCOL §2–3): train on the assigned data, publish, gather, aggregate, step.
+
+Timeline of window ``w`` (the chain's clock; ``start(w)`` is the time of block ``w · blocks_per_window``):
+
+1. from θ_w (weights with every window before ``w`` applied) the behaviour trains ``inner.steps``
+   batches of the sequences assigned to this hotkey and returns Δ; error feedback compresses it;
+2. at ``start(w+1)`` the signed message is uploaded (the slot is judged by the store's clock);
+3. when the slot has closed, every peer's message for ``w`` is gathered, validated and aggregated in
+   hotkey order, and the outer step gives θ_{w+1}; the peer publishes its weight fingerprint,
+   logs a metrics line and saves its local state (atomic);
+4. it then trains window ``w+1`` from θ_{w+1}.
+
+A peer that is behind (restarted, started late) applies the windows it missed by gathering their
+messages — the same rule, the same result — without training them; a crash at any point resumes
+from the last saved window with its error-feedback state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gauntlet.chain import Chain
+from gauntlet.config import GauntletConfig
+from gauntlet.data import TokenDataset, prepare
+from gauntlet.errors import InvalidCommitment, StorageError
+from gauntlet.identity import Identity
+from gauntlet.models import build_model, mean_loss
+from gauntlet.sparseloco import ErrorFeedback, aggregate, encode_message, fingerprint, outer_step
+from gauntlet.storage import BucketCard, ObjectStore, keys, store_from_card
+from gauntlet.uniqueness import assigned_indices
+from peers.behaviours import Behaviour, WindowContext
+from peers.gather import GatherResult, gather
+from peers.state import LocalState, load_state, save_state
+from peers.training import InnerTrainer
+
+log = logging.getLogger("gauntlet.peer")
+
+
+@dataclass
+class PeerOptions:
+    run_dir: Path
+    data_dir: Path
+    card: BucketCard | None = None  # published through the chain commitment when given
+    allow_local_cards: bool = False  # accept file:// and loopback cards (local networks only)
+    stop_after_window: int | None = None
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".cache" / "gauntlet" / "data"
+
+
+class Peer:
+    def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
+                 opts: PeerOptions, behaviour: Behaviour | None = None) -> None:
+        self.cfg, self.identity, self.chain, self.store, self.opts = cfg, identity, chain, store, opts
+        self.behaviour = behaviour or Behaviour()
+        self.run, self.run_hash = cfg.run_name, cfg.run_hash()
+        root = prepare(cfg.data, opts.data_dir)
+        self.train_set, self.val_set = TokenDataset(root, "train"), TokenDataset(root, "val")
+        self.model = build_model(cfg.model, self.train_set.vocab_size, cfg.data.seq_len, seed=cfg.seed)
+        self.params = dict(self.model.named_parameters())
+        self.spec = {n: tuple(p.shape) for n, p in self.params.items()}
+        self.trainer = InnerTrainer(self.model, cfg.inner, cfg.model.autocast_bf16)
+        self.error_feedback = ErrorFeedback(self.spec, cfg.sparseloco, next(self.model.parameters()).device)
+        n_val = min(len(self.val_set), cfg.train.eval_batches * cfg.train.batch_size)
+        self.val_batches = list(self.val_set.batch(list(range(n_val))).split(cfg.train.batch_size))
+        self.window_done = -1
+        self.last_aggregate: dict[str, torch.Tensor] | None = None
+        self._sources: dict[bytes, ObjectStore] = {}
+        opts.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(opts.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    # ------------------------------------------------------------------------------ time & data
+
+    def window_start(self, window: int) -> float:
+        return self.chain.timestamp(window * self.cfg.timing.blocks_per_window)
+
+    def slot(self, window: int) -> tuple[float, float]:
+        """When uploads for ``window`` count (server time)."""
+        t, opening = self.cfg.timing, self.window_start(window + 1)
+        return opening - t.slot_grace_s, opening + t.upload_slot_s + t.slot_grace_s
+
+    def current_window(self) -> int:
+        return self.chain.block() // self.cfg.timing.blocks_per_window
+
+    def _batches(self, indices: list[int]) -> list[torch.Tensor]:
+        return list(self.train_set.batch(indices).split(self.cfg.train.batch_size))
+
+    def assigned_batches(self, window: int, hotkey: str | None = None) -> list[torch.Tensor]:
+        idx = assigned_indices(self.cfg.seed, hotkey or self.identity.hotkey, window,
+                               self.cfg.samples_per_window, len(self.train_set))
+        return self._batches(idx)
+
+    def random_batches(self, window: int, n: int) -> list[torch.Tensor]:
+        """Batches every node draws alike for a window (not assigned to anyone in particular)."""
+        idx = assigned_indices(self.cfg.seed, "shared-random", window, n * self.cfg.train.batch_size,
+                               len(self.train_set))
+        return self._batches(idx)
+
+    # ----------------------------------------------------------------------------- the network
+
+    def sources(self) -> tuple[dict[str, ObjectStore], set[str]]:
+        """Each committed peer's store (validators excluded) and the registered hotkeys."""
+        neurons = self.chain.metagraph()
+        registered = {n.hotkey for n in neurons}
+        peers = {n.hotkey for n in neurons if not n.validator_permit}
+        out: dict[str, ObjectStore] = {}
+        for hotkey, commitment in self.chain.commitments().items():
+            if hotkey not in peers:
+                continue
+            if hotkey == self.identity.hotkey:
+                out[hotkey] = self.store
+                continue
+            store = self._sources.get(commitment.data)
+            if store is None:
+                try:
+                    store = store_from_card(BucketCard.decode(commitment.data), allow_local=self.opts.allow_local_cards)
+                except InvalidCommitment as exc:
+                    log.warning("ignoring %s: unusable bucket card (%s)", hotkey, exc)
+                    continue
+                self._sources[commitment.data] = store
+            out[hotkey] = store
+        return out, registered
+
+    def gather(self, window: int, in_slot: bool = True) -> GatherResult:
+        sources, registered = self.sources()
+        t = self.cfg.timing
+        return gather(window, sources, run=self.run, run_hash=self.run_hash, registered=registered,
+                      spec=self.spec, codec=self.cfg.sparseloco, slot=self.slot(window) if in_slot else None,
+                      max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s)
+
+    def publish_card(self) -> None:
+        card = self.opts.card
+        if card is None:
+            return
+        current = self.chain.commitments().get(self.identity.hotkey)
+        if current is None or current.data != card.encode():
+            self.chain.commit(self.identity, card.encode())
+            log.info("published bucket card %r", card)
+
+    # ------------------------------------------------------------------------------ one window
+
+    def _train(self, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Inner steps from the current weights; returns Δ = θ₀ − θ and restores θ₀."""
+        anchor = {n: p.detach().clone() for n, p in self.params.items()}
+        self._train_loss = self.trainer.train(batches)
+        with torch.no_grad():
+            delta = {n: anchor[n] - p.detach() for n, p in self.params.items()}
+            for n, p in self.params.items():
+                p.copy_(anchor[n])
+        return delta
+
+    def context(self, window: int) -> WindowContext:
+        def peer_updates(w: int) -> dict[str, dict[str, torch.Tensor]]:
+            found = self.gather(w, in_slot=False)
+            return {hk: {n: ct.to_dense() for n, ct in m.tensors.items()}
+                    for hk, m in found.ordered() if hk != self.identity.hotkey}
+
+        seed = int.from_bytes(hashlib.sha256(f"{self.cfg.seed}|{self.identity.hotkey}|{window}".encode()).digest()[:8],
+                              "big")
+        return WindowContext(window=window, hotkey=self.identity.hotkey, model=self.model, train=self._train,
+                             assigned_batches=lambda: self.assigned_batches(window),
+                             random_batches=lambda n: self.random_batches(window, n), peer_updates=peer_updates,
+                             previous_aggregate=lambda: self.last_aggregate, rng=random.Random(seed))
+
+    def train_and_upload(self, window: int) -> dict:
+        """Steps 1–2 of the timeline. Returns facts for the metrics line."""
+        self._train_loss = None
+        ctx = self.context(window)
+        delta = self.behaviour.pseudo_gradient(ctx)
+        data = None
+        if delta is not None:
+            cts = self.error_feedback.compress(delta)
+            data = encode_message(cts, window=window, run=self.run_hash, codec=self.cfg.sparseloco,
+                                  signer=self.identity)
+            data = self.behaviour.tamper(ctx, data)
+        _sleep_until(self.window_start(window + 1))
+        uploaded = False
+        if data is not None:
+            try:
+                self.store.put(keys.message(self.run, window, self.identity.hotkey), data)
+                uploaded = True
+            except StorageError as exc:
+                log.error("window %d: upload failed: %s", window, exc)
+        return {"train_loss": self._train_loss, "uploaded": uploaded, "bytes_sent": len(data) if data else 0}
+
+    def apply(self, window: int) -> GatherResult:
+        """Step 3: gather after the slot, aggregate, outer step."""
+        _sleep_until(self.slot(window)[1])
+        result = self.gather(window)
+        ordered = result.ordered()
+        if ordered:
+            agg = aggregate([m.tensors for _, m in ordered], self.cfg.sparseloco.combine,
+                            self.cfg.sparseloco.clip_to_median)
+            outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
+            self.last_aggregate = agg
+        return result
+
+    def finish(self, window: int, result: GatherResult, facts: dict) -> None:
+        fp = fingerprint(self.params)
+        try:
+            self.store.put(keys.fingerprint(self.run, window, self.identity.hotkey),
+                           json.dumps({"window": window, "fingerprint": fp}).encode())
+        except StorageError as exc:
+            log.warning("window %d: could not publish the fingerprint: %s", window, exc)
+        val = mean_loss(self.model, self.val_batches, self.cfg.model.autocast_bf16)
+        self.window_done = window
+        save_state(self.opts.run_dir, LocalState(window, self.trainer.step, self.run), self.model,
+                   self.error_feedback, self.trainer.optimizer)
+        line = {"window": window, "time": time.time(), "hotkey": self.identity.hotkey, "val_loss": round(val, 5),
+                "fingerprint": fp, "ef_checksum": fingerprint(self.error_feedback.buffers)[:16],
+                "gathered": sorted(result.messages), "missing": result.missing,
+                "outside_slot": sorted(result.outside_slot), "invalid": result.invalid, "failed": result.failed,
+                **facts}
+        self._metrics.write(json.dumps(line) + "\n")
+        self._metrics.flush()
+        log.info("window %d: %d peers aggregated, val loss %.4f, fingerprint %s%s", window, len(result.messages),
+                 val, fp[:12], "" if facts.get("trained", True) else " (caught up)")
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Publish the bucket card and restore the local state, if any."""
+        self.publish_card()
+        state = load_state(self.opts.run_dir, self.model, self.error_feedback, self.trainer.optimizer, self.run)
+        if state is not None:
+            self.window_done, self.trainer.step = state.window, state.inner_step
+            line = {"event": "resumed", "window": state.window, "time": time.time(),
+                    "ef_checksum": fingerprint(self.error_feedback.buffers)[:16],
+                    "fingerprint": fingerprint(self.params)}
+            self._metrics.write(json.dumps(line) + "\n")
+            self._metrics.flush()
+            log.info("resumed after window %d with error-feedback state %s", state.window, line["ef_checksum"])
+
+    def run_forever(self) -> None:
+        """Process windows as the chain advances (until ``stop_after_window``)."""
+        self.start()
+        nxt = self.window_done + 1
+        stop = self.opts.stop_after_window
+        while stop is None or nxt <= stop:
+            current = self.current_window()
+            if nxt < current:  # missed: apply without training
+                result = self.apply(nxt)
+                self.finish(nxt, result, {"trained": False})
+                nxt += 1
+            elif nxt == current:
+                facts = self.train_and_upload(nxt)
+                result = self.apply(nxt)
+                self.finish(nxt, result, {"trained": True, **facts})
+                nxt += 1
+            else:
+                _sleep_until(self.window_start(nxt))
+        self._metrics.close()
+
+
+def _sleep_until(when: float) -> None:
+    while (left := when - time.time()) > 0:
+        time.sleep(min(left, 0.5))
