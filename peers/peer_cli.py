@@ -64,7 +64,8 @@ def _identity(args):
         try:
             return Identity.from_wallet(args.wallet_name, args.wallet_hotkey, args.wallet_path)
         except Exception as exc:  # the SDK raises several error types for missing or locked keys
-            raise ConfigError(f"cannot load hotkey {args.wallet_hotkey!r} of wallet {args.wallet_name!r}: {exc}") from exc
+            raise ConfigError(
+                f"cannot load hotkey {args.wallet_hotkey!r} of wallet {args.wallet_name!r}: {exc}") from exc
     raise ConfigError("no identity: pass --wallet.name/--wallet.hotkey (or --identity-seed on a local network)")
 
 

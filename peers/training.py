@@ -45,5 +45,5 @@ class InnerTrainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return sum(losses) / max(len(losses), 1)
