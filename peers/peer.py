@@ -30,12 +30,13 @@ import torch
 from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
 from gauntlet.data import TokenDataset, prepare
-from gauntlet.errors import InvalidCommitment, StorageError
+from gauntlet.errors import InvalidCommitment, InvalidMessage, ObjectNotFound, StorageError
 from gauntlet.identity import Identity
 from gauntlet.models import build_model, mean_loss
 from gauntlet.sparseloco import ErrorFeedback, aggregate, encode_message, fingerprint, outer_step
 from gauntlet.storage import BucketCard, ObjectStore, keys, store_from_card
 from gauntlet.uniqueness import assigned_indices
+from peers.artefacts import decode_artefact
 from peers.behaviours import Behaviour, WindowContext
 from peers.gather import GatherResult, gather
 from peers.state import LocalState, load_state, save_state
@@ -51,6 +52,10 @@ class PeerOptions:
     card: BucketCard | None = None  # published through the chain commitment when given
     allow_local_cards: bool = False  # accept file:// and loopback cards (local networks only)
     stop_after_window: int | None = None
+    trust_validator: str | None = None  # whose checkpoints/aggregates to use (default: highest stake)
+    export_hf: Path | None = None  # save_pretrained directory, refreshed after every export_every windows
+    export_every: int = 0  # 0: only when the peer stops (--until-window)
+    push_to_hub: str | None = None  # Hub repo to push each export to (off by default)
 
 
 def default_data_dir() -> Path:
@@ -130,6 +135,65 @@ class Peer:
             out[hotkey] = store
         return out, registered
 
+    def validator_store(self) -> tuple[str, ObjectStore] | None:
+        """The trusted validator (``trust_validator``, else the highest-stake permit holder with a card)."""
+        commitments = self.chain.commitments()
+        ranked = sorted((n for n in self.chain.metagraph() if n.validator_permit and n.hotkey in commitments),
+                        key=lambda n: -n.stake)
+        if self.opts.trust_validator:
+            ranked = [n for n in ranked if n.hotkey == self.opts.trust_validator]
+        for neuron in ranked:
+            try:
+                card = BucketCard.decode(commitments[neuron.hotkey].data)
+                return neuron.hotkey, store_from_card(card, allow_local=self.opts.allow_local_cards)
+            except InvalidCommitment as exc:
+                log.warning("validator %s has an unusable bucket card: %s", neuron.hotkey, exc)
+        return None
+
+    def _artefact(self, source: tuple[str, ObjectStore], kind: str, key: str, window: int | None):
+        hotkey, store = source
+        data = store.get(key, max_bytes=16 * self.cfg.timing.max_message_bytes)
+        return decode_artefact(data, kind=kind, run=self.run_hash, window=window, trusted={hotkey}, spec=self.spec,
+                               max_bytes=16 * self.cfg.timing.max_message_bytes)
+
+    def load_checkpoint(self) -> bool:
+        """Jump to the trusted validator's latest checkpoint if it is ahead of our state."""
+        source = self.validator_store()
+        if source is None:
+            return False
+        try:
+            found = [keys.parse(o.key) for o in source[1].list(keys.run_prefix(self.run) + "checkpoints/")]
+        except StorageError as exc:
+            log.warning("cannot list checkpoints of validator %s: %s", source[0], exc)
+            return False
+        windows = sorted(p.window for p in found if p is not None and p.kind == "checkpoint")
+        for window in reversed([w for w in windows if w > self.window_done]):
+            try:
+                _, tensors = self._artefact(source, "checkpoint", keys.checkpoint(self.run, window), window)
+            except (StorageError, InvalidMessage) as exc:
+                log.warning("skipping checkpoint of window %d: %s", window, exc)
+                continue
+            with torch.no_grad():
+                for name, p in self.params.items():
+                    p.copy_(tensors[name].to(p.dtype))
+            self.window_done = window
+            self._event("checkpoint", window=window, validator=source[0])
+            log.info("loaded validator %s's checkpoint of window %d", source[0][:12], window)
+            return True
+        return False
+
+    def published_aggregate(self, window: int) -> dict[str, torch.Tensor] | None:
+        source = self.validator_store()
+        if source is None:
+            return None
+        try:
+            return self._artefact(source, "aggregate", keys.aggregate(self.run, window), window)[1]
+        except ObjectNotFound:
+            return None
+        except (StorageError, InvalidMessage) as exc:
+            log.warning("window %d: unusable aggregate from validator %s: %s", window, source[0][:12], exc)
+            return None
+
     def gather(self, window: int, in_slot: bool = True) -> GatherResult:
         sources, registered = self.sources()
         t = self.cfg.timing
@@ -192,9 +256,14 @@ class Peer:
                 log.error("window %d: upload failed: %s", window, exc)
         return {"train_loss": self._train_loss, "uploaded": uploaded, "bytes_sent": len(data) if data else 0}
 
-    def apply(self, window: int) -> GatherResult:
-        """Step 3: gather after the slot, aggregate, outer step."""
+    def apply(self, window: int, prefer_published: bool = False) -> GatherResult:
+        """Step 3: gather after the slot, aggregate, outer step. A peer catching up applies the
+        validator's published aggregate when there is one instead of gathering every message."""
         _sleep_until(self.slot(window)[1])
+        if prefer_published and (agg := self.published_aggregate(window)) is not None:
+            outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
+            self.last_aggregate = agg
+            return GatherResult(window)
         result = self.gather(window)
         ordered = result.ordered()
         if ordered:
@@ -224,21 +293,42 @@ class Peer:
         self._metrics.flush()
         log.info("window %d: %d peers aggregated, val loss %.4f, fingerprint %s%s", window, len(result.messages),
                  val, fp[:12], "" if facts.get("trained", True) else " (caught up)")
+        every = self.opts.export_every
+        if self.opts.export_hf and (window == self.opts.stop_after_window or (every and (window + 1) % every == 0)):
+            self.export(window)
+
+    def export(self, window: int) -> None:
+        """Write the Hugging Face export (and push it when configured); failures never stop the peer."""
+        from peers.export import export_hf, push_to_hub
+
+        try:
+            out = export_hf(self.model, self.opts.export_hf, run=self.run, window=window,
+                            tokenizer_spec=self.cfg.data.tokenizer)
+            log.info("exported the model after window %d to %s", window, out)
+            if self.opts.push_to_hub:
+                push_to_hub(out, self.opts.push_to_hub)
+        except Exception as exc:  # an export is a convenience: log it, keep training
+            log.error("export after window %d failed: %s", window, exc)
 
     # ------------------------------------------------------------------------------- lifecycle
 
+    def _event(self, event: str, **fields) -> dict:
+        line = {"event": event, "time": time.time(), "ef_checksum": fingerprint(self.error_feedback.buffers)[:16],
+                "fingerprint": fingerprint(self.params), **fields}
+        self._metrics.write(json.dumps(line) + "\n")
+        self._metrics.flush()
+        return line
+
     def start(self) -> None:
-        """Publish the bucket card and restore the local state, if any."""
+        """Publish the bucket card, restore the local state, and jump to a newer checkpoint if any."""
         self.publish_card()
         state = load_state(self.opts.run_dir, self.model, self.error_feedback, self.trainer.optimizer, self.run)
         if state is not None:
             self.window_done, self.trainer.step = state.window, state.inner_step
-            line = {"event": "resumed", "window": state.window, "time": time.time(),
-                    "ef_checksum": fingerprint(self.error_feedback.buffers)[:16],
-                    "fingerprint": fingerprint(self.params)}
-            self._metrics.write(json.dumps(line) + "\n")
-            self._metrics.flush()
+            line = self._event("resumed", window=state.window)
             log.info("resumed after window %d with error-feedback state %s", state.window, line["ef_checksum"])
+        if self.window_done + 1 < self.current_window():
+            self.load_checkpoint()
 
     def run_forever(self) -> None:
         """Process windows as the chain advances (until ``stop_after_window``)."""
@@ -248,7 +338,7 @@ class Peer:
         while stop is None or nxt <= stop:
             current = self.current_window()
             if nxt < current:  # missed: apply without training
-                result = self.apply(nxt)
+                result = self.apply(nxt, prefer_published=True)
                 self.finish(nxt, result, {"trained": False})
                 nxt += 1
             elif nxt == current:

@@ -43,12 +43,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="READ-ONLY key id published on chain for others (default: $GAUNTLET_READ_ACCESS_KEY)")
     g.add_argument("--storage.read-secret-key", dest="read_secret",
                    help="READ-ONLY secret published on chain (default: $GAUNTLET_READ_SECRET_KEY)")
+    g.add_argument("--trust-validator", metavar="HOTKEY",
+                   help="use this validator's checkpoints and aggregates to catch up (default: highest stake)")
     g.add_argument("--allow-local-cards", action="store_true",
                    help="accept other peers' file:// and loopback buckets (local networks only)")
     g = p.add_argument_group("running")
     g.add_argument("--run-dir", type=Path, default=Path("runs/peer"), help="local state, metrics.jsonl")
     g.add_argument("--data-dir", type=Path, help="prepared datasets cache (default ~/.cache/gauntlet/data)")
     g.add_argument("--until-window", type=int, help="stop after applying this window (default: run forever)")
+    g.add_argument("--export-hf", type=Path, metavar="DIR",
+                   help="write a Hugging Face save_pretrained export of the model here")
+    g.add_argument("--export-every", type=int, default=0, metavar="N",
+                   help="refresh the export every N windows (0: only when stopping at --until-window)")
+    g.add_argument("--push-to-hub", metavar="REPO", help="push each export to this Hub repo (off by default; "
+                   "needs network access and $HF_TOKEN)")
     g.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.set_defaults(func=run_peer)
 
@@ -111,7 +119,9 @@ def run_peer(args: argparse.Namespace) -> int:
     store = open_store(args.storage, access_key=args.access_key or os.environ.get("AWS_ACCESS_KEY_ID"),
                        secret_key=args.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"))
     opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=_card(store, args),
-                       allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window)
+                       allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window,
+                       trust_validator=args.trust_validator, export_hf=args.export_hf,
+                       export_every=args.export_every, push_to_hub=args.push_to_hub)
     logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s", identity.hotkey, chain.url, store.url)
     Peer(cfg, identity, chain, store, opts).run_forever()
     return 0

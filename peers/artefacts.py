@@ -1,0 +1,84 @@
+"""Signed dense artefacts: checkpoints and per-window aggregates that validators publish.
+
+An artefact is a safetensors file of named fp32/bf16 tensors whose metadata carries a JSON header
+(``kind``, run hash, window, signer hotkey, tensor names/shapes/dtypes, sha256 of the data) and the
+signer's sr25519 signature of ``b"gauntlet-artefact-v1:" + sha256(header)``. Readers check size,
+header, signature (against the hotkeys they trust), hash and the model's shapes before loading
+tensors — with the ``safetensors`` loader, never pickle.
+
+- ``checkpoint`` at window ``w``: the weights with every window up to and including ``w`` applied.
+- ``aggregate`` of window ``w``: what every node subtracts (times the outer lr) for window ``w``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Mapping
+
+import safetensors.torch
+import torch
+
+from gauntlet.errors import InvalidMessage, SignatureError
+from gauntlet.identity import Identity, verify_signature
+from gauntlet.sparseloco import container
+
+PREFIX = b"gauntlet-artefact-v1:"
+KINDS = ("checkpoint", "aggregate")
+
+
+def _digest(header_json: str) -> bytes:
+    return PREFIX + hashlib.sha256(header_json.encode()).digest()
+
+
+def encode_artefact(kind: str, tensors: Mapping[str, torch.Tensor], *, run: str, window: int,
+                    signer: Identity) -> bytes:
+    if kind not in KINDS:
+        raise ValueError(f"artefact kind must be one of {KINDS}")
+    cpu = {n: t.detach().cpu().contiguous() for n, t in sorted(tensors.items())}
+    body = safetensors.torch.save(cpu)
+    _, start = container.read_header(body, 1 << 30)
+    header = {"v": 1, "kind": kind, "run": run, "window": int(window), "hotkey": signer.hotkey,
+              "tensors": [[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for n, t in cpu.items()],
+              "payload_sha256": hashlib.sha256(body[start:]).hexdigest()}
+    header_json = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    metadata = {"gauntlet-artefact": header_json, "signature": signer.sign(_digest(header_json)).hex()}
+    return safetensors.torch.save(cpu, metadata=metadata)
+
+
+def decode_artefact(data: bytes, *, kind: str, run: str, window: int | None, trusted: Collection[str],
+                    spec: Mapping[str, tuple[int, ...]], max_bytes: int) -> tuple[int, dict[str, torch.Tensor]]:
+    """Validate an artefact and return ``(window, tensors)``; InvalidMessage/SignatureError otherwise."""
+    if len(data) > max_bytes:
+        raise InvalidMessage(f"artefact is {len(data)} bytes, over the {max_bytes}-byte limit")
+    raw, start = container.read_header(data, 16 << 20)
+    meta = raw.get("__metadata__") or {}
+    header_json, sig_hex = meta.get("gauntlet-artefact"), meta.get("signature")
+    if not isinstance(header_json, str) or not isinstance(sig_hex, str):
+        raise SignatureError("artefact is not signed")
+    try:
+        header = json.loads(header_json)
+        signature = bytes.fromhex(sig_hex)
+    except (json.JSONDecodeError, ValueError):
+        raise InvalidMessage("artefact header or signature is malformed") from None
+    if not isinstance(header, dict) or header.get("v") != 1 or header.get("kind") != kind:
+        raise InvalidMessage(f"not a version-1 {kind} artefact")
+    if header.get("run") != run or (window is not None and header.get("window") != window):
+        raise InvalidMessage(f"artefact is for run {header.get('run')} window {header.get('window')}")
+    if header.get("hotkey") not in trusted:
+        raise SignatureError(f"artefact signed by {header.get('hotkey')}, who is not a trusted validator")
+    if not verify_signature(header["hotkey"], _digest(header_json), signature):
+        raise SignatureError("artefact signature does not verify")
+    want = sorted([n, list(s)] for n, s in spec.items())
+    got = sorted([n, s] for n, _, s in header.get("tensors", []))
+    if got != want or any(d not in ("float32", "bfloat16") for _, d, _ in header["tensors"]):
+        raise InvalidMessage("artefact tensors do not match the model")
+    if hashlib.sha256(memoryview(data)[start:]).hexdigest() != header.get("payload_sha256"):
+        raise InvalidMessage("artefact payload does not match its hash")
+    try:
+        tensors = safetensors.torch.load(bytes(data))
+    except Exception as exc:  # safetensors' own error types
+        raise InvalidMessage(f"artefact payload is not valid safetensors: {exc}") from None
+    if sorted(tensors) != sorted(spec) or any(tuple(tensors[n].shape) != tuple(spec[n]) for n in spec):
+        raise InvalidMessage("artefact tensors do not match the header")
+    return int(header["window"]), tensors

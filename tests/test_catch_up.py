@@ -1,0 +1,141 @@
+"""A new peer catches up from a validator-signed checkpoint and the published aggregates."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from gauntlet.chain.local import LocalChain
+from gauntlet.config import load_config
+from gauntlet.data import prepare
+from gauntlet.errors import InvalidMessage, SignatureError
+from gauntlet.identity import Identity
+from gauntlet.models import build_model
+from gauntlet.storage import BucketCard, FileStore, keys
+from peers.artefacts import decode_artefact, encode_artefact
+from peers.peer import Peer, PeerOptions
+
+VALIDATOR, PEER, STRANGER = (Identity.from_seed(s) for s in ("validator", "peer", "stranger"))
+
+
+@pytest.fixture(scope="module")
+def cfg_and_data(tmp_path_factory):
+    cfg = load_config(overrides=["data.seq_len=64", "data.max_tokens=300000", "timing.blocks_per_window=10",
+                                 "timing.upload_slot_s=0.02", "timing.slot_grace_s=0.01", "model.device=cpu",
+                                 "sparseloco.outer_lr=0.7"])
+    data = tmp_path_factory.mktemp("data")
+    prepare(cfg.data, data)
+    return cfg, data
+
+
+def spec_of(model):
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def test_a_new_peer_loads_the_latest_checkpoint_then_applies_published_aggregates(tmp_path, cfg_and_data):
+    cfg, data = cfg_and_data
+    chain = LocalChain(tmp_path / "chain.db", block_time=0.01)  # 0.1-second windows
+    vstore, pstore = FileStore(tmp_path / "v"), FileStore(tmp_path / "p")
+    chain.register(VALIDATOR.hotkey, stake=100.0, validator_permit=True)
+    chain.register(PEER.hotkey)
+    chain.commit(VALIDATOR, BucketCard("file", str(vstore.root)).encode())
+
+    model = build_model(cfg.model, 256, 64, seed=cfg.seed)
+    g = torch.Generator().manual_seed(1)
+    ckpt = {n: p.detach() + 0.01 * torch.randn(p.shape, generator=g) for n, p in model.named_parameters()}
+    aggs = {w: {n: 1e-3 * torch.randn(p.shape, generator=g) for n, p in model.named_parameters()} for w in (3, 4)}
+    run = cfg.run_hash()
+    vstore.put(keys.checkpoint(cfg.run_name, 1), encode_artefact("checkpoint", {n: t * 0 for n, t in ckpt.items()},
+                                                                   run=run, window=1, signer=VALIDATOR))
+    vstore.put(keys.checkpoint(cfg.run_name, 2), encode_artefact("checkpoint", ckpt, run=run, window=2,
+                                                                   signer=VALIDATOR))
+    for w, agg in aggs.items():
+        vstore.put(keys.aggregate(cfg.run_name, w), encode_artefact("aggregate", agg, run=run, window=w,
+                                                                      signer=VALIDATOR))
+    while chain.block() // 10 < 6:
+        time.sleep(0.02)
+
+    opts = PeerOptions(run_dir=tmp_path / "run", data_dir=data, card=BucketCard("file", str(pstore.root)),
+                       allow_local_cards=True, stop_after_window=4, export_hf=tmp_path / "hf")
+    peer = Peer(cfg, PEER, chain, pstore, opts)
+    peer.run_forever()
+
+    expected = {n: t.clone() for n, t in ckpt.items()}
+    for w in (3, 4):
+        for n in expected:
+            expected[n].sub_(aggs[w][n], alpha=0.7)
+    assert all(torch.equal(p.detach(), expected[n]) for n, p in peer.model.named_parameters())
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["event"] == "checkpoint" and lines[0]["window"] == 2
+    assert [(m["window"], m["trained"]) for m in lines[1:]] == [(3, False), (4, False)]
+    assert chain.commitments()[PEER.hotkey].data == BucketCard("file", str(pstore.root)).encode()
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")  # written when the peer stopped
+    assert all(torch.equal(p.detach(), expected[n]) for n, p in exported.named_parameters())
+
+
+def test_artefacts_are_rejected_unless_trusted_intact_and_shaped_like_the_model(cfg_and_data):
+    cfg, _ = cfg_and_data
+    tensors = {"a.weight": torch.randn(4, 3), "b": torch.randn(3)}
+    spec = {n: tuple(t.shape) for n, t in tensors.items()}
+    good = encode_artefact("checkpoint", tensors, run="r", window=5, signer=VALIDATOR)
+    window, loaded = decode_artefact(good, kind="checkpoint", run="r", window=5, trusted={VALIDATOR.hotkey},
+                                     spec=spec, max_bytes=1 << 20)
+    assert window == 5 and all(torch.equal(loaded[n], tensors[n]) for n in tensors)
+    common = dict(run="r", spec=spec, max_bytes=1 << 20)
+    with pytest.raises(SignatureError, match="not a trusted"):
+        decode_artefact(good, kind="checkpoint", window=5, trusted={STRANGER.hotkey}, **common)
+    with pytest.raises(InvalidMessage, match="not a version-1 aggregate"):
+        decode_artefact(good, kind="aggregate", window=5, trusted={VALIDATOR.hotkey}, **common)
+    with pytest.raises(InvalidMessage, match="window 5"):
+        decode_artefact(good, kind="checkpoint", window=6, trusted={VALIDATOR.hotkey}, **common)
+    tampered = bytearray(good)
+    tampered[-1] ^= 1
+    with pytest.raises(InvalidMessage, match="hash"):
+        decode_artefact(bytes(tampered), kind="checkpoint", window=5, trusted={VALIDATOR.hotkey}, **common)
+    with pytest.raises(InvalidMessage, match="do not match the model"):
+        decode_artefact(good, kind="checkpoint", window=5, trusted={VALIDATOR.hotkey}, run="r",
+                        spec={"a.weight": (3, 4), "b": (3,)}, max_bytes=1 << 20)
+    with pytest.raises(InvalidMessage, match="over the"):
+        decode_artefact(good, kind="checkpoint", window=5, trusted={VALIDATOR.hotkey}, run="r", spec=spec,
+                        max_bytes=100)
+    import safetensors.torch
+
+    with pytest.raises(SignatureError, match="not signed"):
+        decode_artefact(safetensors.torch.save(tensors), kind="checkpoint", window=5, trusted={VALIDATOR.hotkey},
+                        **common)
+
+
+def test_hugging_face_export_loads_with_from_pretrained(tmp_path, cfg_and_data):
+    from transformers import AutoModelForCausalLM
+
+    from peers.export import export_hf
+
+    cfg, _ = cfg_and_data
+    model = build_model(cfg.model, 256, 64, seed=3)
+    out = export_hf(model, tmp_path / "hf", run="r", window=9)
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), loaded.parameters()))
+    assert json.loads((out / "gauntlet.json").read_text()) == {"run": "r", "window": 9, "tokenizer": "bytes"}
+
+
+def test_hub_push_retries_transient_failures_then_gives_up(tmp_path):
+    from peers.export import push_to_hub
+
+    calls = []
+
+    def flaky(**kwargs):
+        calls.append(kwargs)
+        if len(calls) < 3:
+            raise ConnectionError("reset by peer")
+
+    push_to_hub(tmp_path, "me/model", upload=flaky, backoff_s=0.001)
+    assert len(calls) == 3 and calls[-1]["repo_id"] == "me/model"
+
+    def down(**kwargs):
+        raise TimeoutError("no route")
+
+    with pytest.raises(TimeoutError):
+        push_to_hub(tmp_path, "me/model", upload=down, attempts=2, backoff_s=0.001)
