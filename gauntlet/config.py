@@ -41,6 +41,7 @@ class SparseLoCoConfig(_Section):
         "each coordinate by the number of peers that sent it (the reference)."
     )
     clip_to_median: bool = Field(True, description="Clip each peer to the median L2 norm per tensor.")
+    top_g: int = Field(20, ge=1, description="G: peers aggregated per window when a validator lists them.")
     dense_bits: Literal[8, 16] = Field(16, description="Bits per value of tensors sent dense.")
     min_sparse_numel: int = Field(
         4096, ge=1, description="Tensors with fewer values than this travel dense."

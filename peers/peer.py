@@ -39,6 +39,8 @@ from gauntlet.uniqueness import assigned_indices
 from peers.artefacts import decode_artefact
 from peers.behaviours import Behaviour, WindowContext
 from peers.gather import GatherResult, gather
+from peers.peer_list import MAX_BYTES as peer_list_max_bytes
+from peers.peer_list import PeerList, decode_peer_list, select
 from peers.state import LocalState, load_state, save_state
 from peers.training import InnerTrainer
 
@@ -194,12 +196,35 @@ class Peer:
             log.warning("window %d: unusable aggregate from validator %s: %s", window, source[0][:12], exc)
             return None
 
+    def peer_list(self, window: int) -> PeerList | None:
+        """The trusted validator's list for ``window``, if it published one."""
+        source = self.validator_store()
+        if source is None:
+            return None
+        try:
+            data = source[1].get(keys.peer_list(self.run, window), max_bytes=peer_list_max_bytes)
+            return decode_peer_list(data, run=self.run_hash, window=window, trusted={source[0]})
+        except ObjectNotFound:
+            return None
+        except (StorageError, InvalidMessage) as exc:
+            log.warning("window %d: unusable peer list from %s: %s", window, source[0][:12], exc)
+            return None
+
     def gather(self, window: int, in_slot: bool = True) -> GatherResult:
+        """Every committed peer's message; restricted to the validator's list (top-G and reserves)
+        when one is published for the window."""
         sources, registered = self.sources()
+        listed = self.peer_list(window) if in_slot else None
+        if listed is not None:
+            sources = {h: s for h, s in sources.items() if h in set(listed.peers) | set(listed.reserves)}
         t = self.cfg.timing
-        return gather(window, sources, run=self.run, run_hash=self.run_hash, registered=registered,
-                      spec=self.spec, codec=self.cfg.sparseloco, slot=self.slot(window) if in_slot else None,
-                      max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s)
+        result = gather(window, sources, run=self.run, run_hash=self.run_hash, registered=registered,
+                        spec=self.spec, codec=self.cfg.sparseloco, slot=self.slot(window) if in_slot else None,
+                        max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s)
+        if listed is not None:
+            keep = set(select(listed, result.messages, self.cfg.sparseloco.top_g))
+            result.messages = {h: m for h, m in result.messages.items() if h in keep}
+        return result
 
     def publish_card(self) -> None:
         card = self.opts.card

@@ -139,3 +139,61 @@ def test_hub_push_retries_transient_failures_then_gives_up(tmp_path):
 
     with pytest.raises(TimeoutError):
         push_to_hub(tmp_path, "me/model", upload=down, attempts=2, backoff_s=0.001)
+
+
+def test_peer_lists_are_signed_and_select_top_g_with_reserves():
+    from peers.peer_list import decode_peer_list, encode_peer_list, select
+
+    data = encode_peer_list(7, ["p1", "p2", "p3"], ["r1", "r2"], run="r", signer=VALIDATOR)
+    listed = decode_peer_list(data, run="r", window=7, trusted={VALIDATOR.hotkey})
+    assert listed.peers == ("p1", "p2", "p3") and listed.reserves == ("r1", "r2")
+    assert select(listed, {"p1", "p3", "r2", "r1", "other"}, top_g=3) == ["p1", "p3", "r1"]
+    assert select(listed, {"p2", "r2"}, top_g=3) == ["p2", "r2"]
+    assert select(listed, {"p1", "p2", "p3"}, top_g=2) == ["p1", "p2"]
+    with pytest.raises(SignatureError, match="not a trusted"):
+        decode_peer_list(data, run="r", window=7, trusted={STRANGER.hotkey})
+    with pytest.raises(InvalidMessage, match="window 7"):
+        decode_peer_list(data, run="r", window=8, trusted={VALIDATOR.hotkey})
+    forged = json.loads(data)
+    forged["peers"] = ["mallory"]
+    with pytest.raises(SignatureError, match="does not verify"):
+        decode_peer_list(json.dumps(forged).encode(), run="r", window=7, trusted={VALIDATOR.hotkey})
+    for junk in (b"[", b"{}", b"x" * (2 << 20)):
+        with pytest.raises(InvalidMessage):
+            decode_peer_list(junk, run="r", window=7, trusted={VALIDATOR.hotkey})
+
+
+def test_a_peer_aggregates_only_the_validators_list_filling_gaps_from_reserves(tmp_path, cfg_and_data):
+    from gauntlet.config import load_config as load
+    from gauntlet.sparseloco import ErrorFeedback, encode_message
+    from peers.peer_list import encode_peer_list
+
+    _, data = cfg_and_data
+    cfg = load(overrides=["data.seq_len=64", "data.max_tokens=300000", "timing.blocks_per_window=10",
+                          "timing.upload_slot_s=60", "model.device=cpu", "sparseloco.top_g=2"])
+    chain = LocalChain(tmp_path / "chain.db", clock="manual")
+    vstore = FileStore(tmp_path / "v")
+    chain.register(VALIDATOR.hotkey, stake=100.0, validator_permit=True)
+    chain.commit(VALIDATOR, BucketCard("file", str(vstore.root)).encode())
+    peers = {n: Identity.from_seed(n) for n in ("p1", "p2", "p3")}
+    stores = {n: FileStore(tmp_path / n) for n in peers}
+    for n, ident in peers.items():
+        chain.register(ident.hotkey)
+        chain.commit(ident, BucketCard("file", str(stores[n].root)).encode())
+    chain.register(PEER.hotkey)
+    me = Peer(cfg, PEER, chain, FileStore(tmp_path / "me"),
+              PeerOptions(run_dir=tmp_path / "run", data_dir=data, allow_local_cards=True))
+    chain.advance(10)  # window 1 opens: the upload slot of window 0
+    for n in ("p1", "p2"):  # p3 uploads nothing
+        cts = ErrorFeedback(me.spec, cfg.sparseloco).compress({k: torch.randn(s) for k, s in me.spec.items()})
+        stores[n].put(keys.message(cfg.run_name, 0, peers[n].hotkey),
+                      encode_message(cts, window=0, run=me.run_hash, codec=cfg.sparseloco, signer=peers[n]))
+    assert set(me.gather(0).messages) == {peers["p1"].hotkey, peers["p2"].hotkey}  # no list: everyone
+    vstore.put(keys.peer_list(cfg.run_name, 0), encode_peer_list(
+        0, [peers["p1"].hotkey, peers["p3"].hotkey], [peers["p2"].hotkey], run=me.run_hash, signer=VALIDATOR))
+    result = me.gather(0)
+    assert set(result.messages) == {peers["p1"].hotkey, peers["p2"].hotkey}  # p3 missing: reserve p2 fills in
+    assert result.missing == [peers["p3"].hotkey]
+    vstore.put(keys.peer_list(cfg.run_name, 0), encode_peer_list(
+        0, [peers["p2"].hotkey], [], run=me.run_hash, signer=VALIDATOR))
+    assert set(me.gather(0).messages) == {peers["p2"].hotkey}  # unlisted p1 is left out
