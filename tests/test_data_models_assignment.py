@@ -130,3 +130,21 @@ def test_local_pretrained_models_load_and_unknown_ones_explain(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA"):
             build_model(ModelConfig(preset="tiny", device="cuda"), 256, 64, seed=0)
+
+
+def test_a_hugging_face_tokenizer_directory_is_usable(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [f"class Thing{i}:\n    pass\n" for i in range(200)]
+    bpe = load_tokenizer("bpe:300", tmp_path / "cache", texts, "c")
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tok, eos_token="<|endoftext|>").save_pretrained(tmp_path / "hf")
+    tok = load_tokenizer(str(tmp_path / "hf"), tmp_path / "cache")
+    assert tok.encode_batch(["class Thing7:"]) == bpe.encode_batch(["class Thing7:"])
+    assert tok.eos_id == bpe.eos_id and tok.vocab_size == bpe.vocab_size
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):
+        (src / f"doc{i}.txt").write_text("".join(texts[i:i + 20]))
+    root = prepare(DataConfig(source=str(src), tokenizer=str(tmp_path / "hf"), seq_len=16), tmp_path / "data")
+    train = TokenDataset(root, "train")
+    assert train.vocab_size == bpe.vocab_size and int(train.batch(list(range(len(train)))).max()) < bpe.vocab_size
