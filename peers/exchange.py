@@ -51,23 +51,12 @@ def fetch_message_at(
     return message, info
 
 
-def fetch_message(
-    store: ObjectStore,
-    *,
-    run: str,
-    window: int,
-    hotkey: str,
-    registered: Collection[str],
-    spec: Mapping[str, tuple[int, ...] | torch.Size],
-    codec: SparseLoCoConfig,
-    max_bytes: int,
-) -> Message:
-    """Fetch and validate ``hotkey``'s message for ``window`` from the store its card points to.
+def fetch_message(store: ObjectStore, **kwargs) -> Message:
+    """Fetch and validate a peer's message for a window from the store its card points to.
 
-    The message must be signed by ``hotkey`` (the owner of the bucket it came from), for this run
-    and window, match the model ``spec`` and codec, and ``hotkey`` must be registered on chain.
-    Replays of another window, messages copied from another peer's bucket and forgeries all raise
-    :class:`InvalidMessage`.
+    Takes the keyword arguments of :func:`fetch_message_at`. The message must be signed by
+    ``hotkey`` (the owner of the bucket it came from), for this run and window, match the model
+    ``spec`` and codec, and ``hotkey`` must be registered on chain. Replays of another window,
+    messages copied from another peer's bucket and forgeries all raise :class:`InvalidMessage`.
     """
-    return fetch_message_at(store, run=run, window=window, hotkey=hotkey, registered=registered, spec=spec,
-                            codec=codec, max_bytes=max_bytes)[0]
+    return fetch_message_at(store, **kwargs)[0]
