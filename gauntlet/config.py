@@ -116,6 +116,46 @@ class TimingConfig(_Section):
     max_message_bytes: int = Field(512 << 20, ge=1024)
 
 
+class ValidatorConfig(_Section):
+    """Gauntlet scoring, ratings, penalties and weights (PROTOCOL §4)."""
+
+    sync_max_steps: float = Field(5.0, gt=0, description="x at which the sync score reaches 0.")
+    sync_power: float = Field(2.5, gt=0)
+    sync_penalty_steps: float = Field(3.0, ge=0, description="More outer steps behind than this: penalty.")
+    penalty: float = Field(0.75, ge=0, le=1, description="Factor for a missing upload or a peer out of sync.")
+    inactive_windows: int = Field(3, ge=1, description="Windows without an upload before a peer is reset.")
+    eval_peers: int = Field(15, ge=1, description="Peers loss-tested per window.")
+    eval_bins: int = Field(3, ge=1, description="Rating bins the loss-test sample is drawn across.")
+    eval_own_sequences: int = Field(8, ge=1)
+    eval_random_sequences: int = Field(8, ge=1)
+    eval_lr_factor: float = Field(0.2, gt=0, description="The update is applied scaled by this × outer lr.")
+    ma_alpha: float = Field(0.05, gt=0, le=1, description="Moving-average rate of the uniqueness indicator.")
+    rating_mu: float = 25.0
+    rating_sigma: float = 25.0 / 3
+    rating_beta: float = 7.0
+    rating_tau: float = 0.1
+    copy_threshold: float = Field(0.4, gt=0, le=1, description="Index overlap that counts as copying.")
+    copy_reset: float = Field(0.5, gt=0, le=1)
+    copy_ban: float = Field(0.6, gt=0, le=1)
+    copy_ban_windows: int = Field(200, ge=0)
+    copy_penalty: float = Field(0.5, ge=0, le=1)
+    copy_value_similarity: float = Field(0.95, gt=0, le=1, description="Cosine of values on shared indices "
+                                         "above which an overlap of half the threshold also counts as copying.")
+    weights_every: int = Field(2, ge=1, description="Windows between set_weights calls.")
+    policy: Literal["power", "tiered"] = "power"
+    power_p: float = Field(2.2, gt=0)
+    burn_uid: int = Field(0, ge=0)
+    burn_share: float = Field(0.5, ge=0, le=1)
+    tier_top: int = Field(20, ge=1)
+    tier_top_share: float = Field(0.75, ge=0, le=1)
+    tier_ramp: float = Field(2.0, ge=1, description="Weight of the first of the top tier over the last.")
+    tier_next: int = Field(10, ge=0)
+    tier_decay: float = Field(0.5, gt=0, le=1)
+    reserves: int = Field(5, ge=0, description="Reserve peers listed after the top G.")
+    checkpoint_every: int = Field(10, ge=1)
+    weight_sample: int = Field(1024, ge=16, description="Weights sampled for the sync check.")
+
+
 class GauntletConfig(_Section):
     """Every parameter of a run. Sections group the parameters by the part of PROTOCOL.md they serve."""
 
@@ -128,6 +168,7 @@ class GauntletConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     timing: TimingConfig = TimingConfig()
+    validator: ValidatorConfig = ValidatorConfig()
 
     @property
     def samples_per_window(self) -> int:

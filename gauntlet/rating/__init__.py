@@ -1,0 +1,6 @@
+"""Ratings and weights (PROTOCOL §4): OpenSkill Plackett–Luce ratings and the two weight policies."""
+
+from gauntlet.rating.openskill import Rating, rate_match
+from gauntlet.rating.weights import power_weights, tiered_weights
+
+__all__ = ["Rating", "power_weights", "rate_match", "tiered_weights"]

@@ -1,0 +1,14 @@
+"""Gauntlet scoring (PROTOCOL §4): pure formulas for stage 1 (sync) and stage 2 (the loss test)."""
+
+from gauntlet.scoring.formulas import (
+    final_score,
+    moving_average,
+    relative_improvement,
+    steps_behind,
+    sync_score,
+    uniqueness_indicator,
+)
+from gauntlet.scoring.loss_test import LossTest, loss_test, weight_sample
+
+__all__ = ["LossTest", "final_score", "loss_test", "moving_average", "relative_improvement", "steps_behind",
+           "sync_score", "uniqueness_indicator", "weight_sample"]

@@ -1,0 +1,61 @@
+"""Stage 2, the loss test: the loss before and after applying one peer's update alone.
+
+The update is applied scaled by ``eval_lr_factor × α`` to the validator's weights, the loss is
+measured on the peer's own assigned sequences and on the window's shared random sequences, and the
+touched weights are restored bit for bit from a copy. The loss on random data before the update is
+the same for every peer of a window and is computed once, so one peer costs three forward passes of
+the eval batches: own before, own after, random after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gauntlet.models import mean_loss
+
+
+@dataclass(frozen=True)
+class LossTest:
+    own_before: float
+    own_after: float
+    random_before: float
+    random_after: float
+
+
+@torch.no_grad()
+def loss_test(model: torch.nn.Module, update: Mapping[str, torch.Tensor], scale: float,
+              own: Sequence[torch.Tensor], random: Sequence[torch.Tensor], random_before: float,
+              bf16: bool = True) -> LossTest:
+    """Measure a peer's update; the model's weights are exactly the same afterwards."""
+    params = dict(model.named_parameters())
+    own_before = mean_loss(model, own, bf16)
+    backup = {n: params[n].detach().clone() for n in update}
+    try:
+        for n, u in update.items():
+            params[n].sub_(u.to(device=params[n].device, dtype=params[n].dtype), alpha=scale)
+        own_after = mean_loss(model, own, bf16)
+        random_after = mean_loss(model, random, bf16)
+    finally:
+        for n, saved in backup.items():
+            params[n].copy_(saved)
+    return LossTest(own_before, own_after, random_before, random_after)
+
+
+def weight_sample(params: Mapping[str, torch.Tensor], count: int, seed: int = 0) -> list[float]:
+    """``count`` weights at positions fixed by ``seed`` (the same on every node): what peers publish
+    with their fingerprint so a validator can tell how far behind they are, not just that they differ."""
+    names = sorted(params)
+    sizes = torch.tensor([params[n].numel() for n in names], dtype=torch.float64)
+    out = []
+    for i in range(count):
+        h = int.from_bytes(hashlib.sha256(f"gauntlet-sample|{seed}|{i}".encode()).digest()[:8], "big")
+        target = (h / 2**64) * float(sizes.sum())
+        t = int(torch.searchsorted(sizes.cumsum(0), torch.tensor([target], dtype=torch.float64), right=True))
+        t = min(t, len(names) - 1)
+        flat = params[names[t]].detach().reshape(-1)
+        out.append(float(flat[h % flat.numel()]))
+    return out
