@@ -4,7 +4,8 @@ adversaries (and users' own experiments) subclass it and override one or both ho
 ``ctx`` (a :class:`WindowContext`) offers: ``window``, ``hotkey``, ``model`` (weights at the start
 of the window; read-only), ``train(batches) -> Δ`` (trains a copy's worth of inner steps from those
 weights and returns the pseudo-gradient, leaving the model as it was), ``assigned_batches()``,
-``random_batches(n)``, ``peer_updates(window) -> {hotkey: Δ}`` (decoded updates other peers have
+``random_batches(n)`` (the window's shared random batches), ``unassigned_batches(n)`` (sequences
+of the node's own choosing), ``peer_updates(window) -> {hotkey: Δ}`` (decoded updates other peers have
 published so far), ``previous_aggregate()`` and ``rng`` (a seeded ``random.Random``).
 """
 
@@ -25,15 +26,23 @@ class WindowContext:
     train: Callable[[list[torch.Tensor]], dict[str, torch.Tensor]]
     assigned_batches: Callable[[], list[torch.Tensor]]
     random_batches: Callable[[int], list[torch.Tensor]]
+    unassigned_batches: Callable[[int], list[torch.Tensor]]  # n batches of sequences of this node's choosing
     peer_updates: Callable[[int], dict[str, dict[str, torch.Tensor]]]
     previous_aggregate: Callable[[], dict[str, torch.Tensor] | None]
     rng: random.Random
 
 
 class Behaviour:
-    """The honest peer: train on the assigned data, send the result unchanged."""
+    """The honest peer: train on the assigned data, send the result unchanged.
+
+    Class attributes a subclass may set: ``waits_for_others`` (computes its update only after the
+    other peers of the window have uploaded — copiers), ``upload_delay_s`` (seconds after the window
+    boundary at which it uploads).
+    """
 
     name = "honest"
+    waits_for_others = False
+    upload_delay_s = 0.0
 
     def pseudo_gradient(self, ctx: WindowContext) -> dict[str, torch.Tensor] | None:
         """Δ to compress and upload for this window, or None to upload nothing."""
@@ -42,3 +51,123 @@ class Behaviour:
     def tamper(self, ctx: WindowContext, data: bytes) -> bytes | None:
         """The bytes actually uploaded (default: the encoded message unchanged; None: nothing)."""
         return data
+
+    def keeps_in_sync(self, ctx: WindowContext) -> bool:
+        """Whether the node applies this window's outer step (default: yes)."""
+        return True
+
+
+# --------------------------------------------------------------------------------------- adversaries
+
+
+class FreeRider(Behaviour):
+    """Registers and publishes a card, but never does or uploads any work."""
+
+    name = "free-rider"
+
+    def pseudo_gradient(self, ctx: WindowContext) -> dict[str, torch.Tensor] | None:
+        return None
+
+
+class Copier(Behaviour):
+    """Waits for another peer's upload and re-sends its update under its own key."""
+
+    name = "copier"
+    waits_for_others = True
+
+    def pseudo_gradient(self, ctx: WindowContext) -> dict[str, torch.Tensor] | None:
+        others = ctx.peer_updates(ctx.window)
+        if not others:
+            return None
+        return others[sorted(others)[ctx.rng.randrange(len(others))]]
+
+
+class NoisyCopier(Copier):
+    """Copies another peer's update and adds noise (30 % of its scale) to disguise it."""
+
+    name = "noisy-copier"
+
+    def pseudo_gradient(self, ctx: WindowContext) -> dict[str, torch.Tensor] | None:
+        copied = super().pseudo_gradient(ctx)
+        if copied is None:
+            return None
+        g = torch.Generator().manual_seed(ctx.rng.randrange(2**31))
+        return {n: d + 0.3 * d.std() * torch.randn(d.shape, generator=g) for n, d in copied.items()}
+
+
+class RandomDataTrainer(Behaviour):
+    """Trains honestly, but on sequences of its own choosing instead of its assignment."""
+
+    name = "random-data"
+
+    def pseudo_gradient(self, ctx: WindowContext) -> dict[str, torch.Tensor] | None:
+        return ctx.train(ctx.unassigned_batches(len(ctx.assigned_batches())))
+
+
+class Noise(Behaviour):
+    """Sends Gaussian noise shaped like an honest update."""
+
+    name = "noise"
+
+    def pseudo_gradient(self, ctx: WindowContext) -> dict[str, torch.Tensor] | None:
+        honest = ctx.train(ctx.assigned_batches())
+        g = torch.Generator().manual_seed(ctx.rng.randrange(2**31))
+        return {n: d.std() * torch.randn(d.shape, generator=g) for n, d in honest.items()}
+
+
+class SignFlip(Behaviour):
+    """Trains honestly and sends the opposite update."""
+
+    name = "sign-flip"
+
+    def pseudo_gradient(self, ctx: WindowContext) -> dict[str, torch.Tensor] | None:
+        return {n: -d for n, d in ctx.train(ctx.assigned_batches()).items()}
+
+
+class Stale(Behaviour):
+    """Trains and uploads, but stops applying the network's outer steps: its weights fall behind."""
+
+    name = "stale"
+
+    def keeps_in_sync(self, ctx: WindowContext) -> bool:
+        return ctx.window < 1
+
+
+class LateUploader(Behaviour):
+    """Trains honestly but uploads after the upload slot has closed."""
+
+    name = "late"
+    upload_delay_s = 1e9  # replaced by the driver with "just after the slot"
+
+
+class Malformed(Behaviour):
+    """Uploads bytes that are not a valid message (a truncated one)."""
+
+    name = "malformed"
+
+    def tamper(self, ctx: WindowContext, data: bytes) -> bytes | None:
+        return data[: len(data) // 2]
+
+
+BUILT_IN: dict[str, type[Behaviour]] = {
+    cls.name: cls for cls in (Behaviour, FreeRider, Copier, NoisyCopier, RandomDataTrainer, Noise, SignFlip, Stale,
+                              LateUploader, Malformed)
+}
+
+
+def load_behaviour(spec: str) -> Behaviour:
+    """A built-in behaviour by name, or a user's ``module:Class`` subclass of :class:`Behaviour`."""
+    if spec in BUILT_IN:
+        return BUILT_IN[spec]()
+    module_name, _, class_name = spec.partition(":")
+    if not class_name:
+        raise ValueError(f"unknown behaviour {spec!r}: use one of {sorted(BUILT_IN)} or module:Class")
+    import importlib
+
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load behaviour {spec!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Behaviour)):
+        raise ValueError(f"{spec!r} is not a subclass of peers.behaviours.Behaviour")
+    return cls()

@@ -3,6 +3,7 @@
 Subcommands available in this version:
 
 - ``gauntlet peer``: run a peer node (see ``gauntlet peer --help``).
+- ``gauntlet validate``: run a validator (see ``gauntlet validate --help``).
 - ``gauntlet inspect FILE``: decode and fully validate a peer message (the wire format), and show
   its header and what each tensor carries. Exit status 0 for a valid message, 2 for an invalid one.
 """
@@ -87,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--max-bytes", type=int, default=1 << 30, help="refuse larger files (default 1 GiB)")
     ins.set_defaults(func=_inspect)
     from peers.peer_cli import add_parser as add_peer
+    from peers.validator_cli import add_parser as add_validator
 
     add_peer(sub)
+    add_validator(sub)
     return ap
 
 

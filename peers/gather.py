@@ -26,6 +26,7 @@ from peers.exchange import fetch_message_at
 class GatherResult:
     window: int
     messages: dict[str, Message] = field(default_factory=dict)  # in the slot and valid, by hotkey
+    times: dict[str, float] = field(default_factory=dict)  # last-modified time of each valid message
     missing: list[str] = field(default_factory=list)  # uploaded nothing
     outside_slot: dict[str, float] = field(default_factory=dict)  # hotkey -> last-modified time
     invalid: dict[str, str] = field(default_factory=dict)  # the peer's fault
@@ -49,6 +50,7 @@ def gather(
     max_bytes: int,
     timeout: float,
     workers: int = 8,
+    cache: dict | None = None,
 ) -> GatherResult:
     """Fetch and validate ``window``'s message of every hotkey in ``sources`` (hotkey → its store).
     ``slot=None`` takes whatever is there now (for looking at others' updates before the slot)."""
@@ -57,7 +59,8 @@ def gather(
     def one(hotkey: str, store: ObjectStore) -> tuple[str, object]:
         try:
             message, info = fetch_message_at(store, run=run, window=window, hotkey=hotkey, registered=registered,
-                                             spec=spec, codec=codec, max_bytes=max_bytes, run_hash=run_hash)
+                                             spec=spec, codec=codec, max_bytes=max_bytes, run_hash=run_hash,
+                                             cache=cache)
         except ObjectNotFound:
             return "missing", None
         except InvalidMessage as exc:
@@ -66,9 +69,9 @@ def gather(
             return "failed", str(exc)
         # a store whose clock is truncated (S3: whole seconds) may date an in-slot upload up to one
         # resolution step before the slot opened
-        if slot is not None and not slot[0] - store.time_resolution <= info.last_modified <= slot[1]:
+        if slot is not None and not slot[0] - getattr(store, "time_resolution", 0.0) <= info.last_modified <= slot[1]:
             return "outside", info.last_modified
-        return "ok", message
+        return "ok", (message, info.last_modified)
 
     pool = cf.ThreadPoolExecutor(max_workers=max(1, min(workers, len(sources))), thread_name_prefix="gather")
     futures = {pool.submit(one, hk, store): hk for hk, store in sources.items()}
@@ -78,7 +81,7 @@ def gather(
         hotkey = futures[future]
         kind, value = future.result()
         if kind == "ok":
-            result.messages[hotkey] = value
+            result.messages[hotkey], result.times[hotkey] = value
         elif kind == "missing":
             result.missing.append(hotkey)
         elif kind == "outside":

@@ -29,18 +29,16 @@ import torch
 
 from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
-from gauntlet.data import TokenDataset, prepare
-from gauntlet.errors import InvalidCommitment, InvalidMessage, ObjectNotFound, StorageError
+from gauntlet.errors import InvalidMessage, ObjectNotFound, StorageError
 from gauntlet.identity import Identity
-from gauntlet.models import build_model, mean_loss
+from gauntlet.models import mean_loss
+from gauntlet.scoring import weight_sample
 from gauntlet.sparseloco import ErrorFeedback, aggregate, encode_message, fingerprint, outer_step
-from gauntlet.storage import BucketCard, ObjectStore, keys, store_from_card
+from gauntlet.storage import ObjectStore, keys
 from gauntlet.uniqueness import assigned_indices
-from peers.artefacts import decode_artefact
 from peers.behaviours import Behaviour, WindowContext
-from peers.gather import GatherResult, gather
-from peers.peer_list import MAX_BYTES as peer_list_max_bytes
-from peers.peer_list import PeerList, decode_peer_list, select
+from peers.gather import GatherResult
+from peers.node import Node, NodeOptions, default_data_dir  # noqa: F401  (default_data_dir: re-exported)
 from peers.state import LocalState, load_state, save_state
 from peers.training import InnerTrainer
 
@@ -48,115 +46,27 @@ log = logging.getLogger("gauntlet.peer")
 
 
 @dataclass
-class PeerOptions:
-    run_dir: Path
-    data_dir: Path
-    card: BucketCard | None = None  # published through the chain commitment when given
-    allow_local_cards: bool = False  # accept file:// and loopback cards (local networks only)
-    stop_after_window: int | None = None
-    trust_validator: str | None = None  # whose checkpoints/aggregates to use (default: highest stake)
+class PeerOptions(NodeOptions):
     export_hf: Path | None = None  # save_pretrained directory, refreshed after every export_every windows
     export_every: int = 0  # 0: only when the peer stops (--until-window)
     push_to_hub: str | None = None  # Hub repo to push each export to (off by default)
 
 
-def default_data_dir() -> Path:
-    return Path.home() / ".cache" / "gauntlet" / "data"
-
-
-class Peer:
+class Peer(Node):
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: PeerOptions, behaviour: Behaviour | None = None) -> None:
-        self.cfg, self.identity, self.chain, self.store, self.opts = cfg, identity, chain, store, opts
+        super().__init__(cfg, identity, chain, store, opts)
         self.behaviour = behaviour or Behaviour()
-        self.run, self.run_hash = cfg.run_name, cfg.run_hash()
-        root = prepare(cfg.data, opts.data_dir)
-        self.train_set, self.val_set = TokenDataset(root, "train"), TokenDataset(root, "val")
-        self.model = build_model(cfg.model, self.train_set.vocab_size, cfg.data.seq_len, seed=cfg.seed)
-        self.params = dict(self.model.named_parameters())
-        self.spec = {n: tuple(p.shape) for n, p in self.params.items()}
         self.trainer = InnerTrainer(self.model, cfg.inner, cfg.model.autocast_bf16)
         self.error_feedback = ErrorFeedback(self.spec, cfg.sparseloco, next(self.model.parameters()).device)
         n_val = min(len(self.val_set), cfg.train.eval_batches * cfg.train.batch_size)
         self.val_batches = list(self.val_set.batch(list(range(n_val))).split(cfg.train.batch_size))
         self.window_done = -1
         self.last_aggregate: dict[str, torch.Tensor] | None = None
-        self._sources: dict[bytes, ObjectStore] = {}
-        opts.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(opts.run_dir / "metrics.jsonl", "a", encoding="utf-8")
 
-    # ------------------------------------------------------------------------------ time & data
-
-    def window_start(self, window: int) -> float:
-        return self.chain.timestamp(window * self.cfg.timing.blocks_per_window)
-
-    def slot(self, window: int) -> tuple[float, float]:
-        """When uploads for ``window`` count (server time)."""
-        t, opening = self.cfg.timing, self.window_start(window + 1)
-        return opening - t.slot_grace_s, opening + t.upload_slot_s + t.slot_grace_s
-
-    def current_window(self) -> int:
-        return self.chain.block() // self.cfg.timing.blocks_per_window
-
-    def _batches(self, indices: list[int]) -> list[torch.Tensor]:
-        return list(self.train_set.batch(indices).split(self.cfg.train.batch_size))
-
     def assigned_batches(self, window: int, hotkey: str | None = None) -> list[torch.Tensor]:
-        idx = assigned_indices(self.cfg.seed, hotkey or self.identity.hotkey, window,
-                               self.cfg.samples_per_window, len(self.train_set))
-        return self._batches(idx)
-
-    def random_batches(self, window: int, n: int) -> list[torch.Tensor]:
-        """Batches every node draws alike for a window (not assigned to anyone in particular)."""
-        idx = assigned_indices(self.cfg.seed, "shared-random", window, n * self.cfg.train.batch_size,
-                               len(self.train_set))
-        return self._batches(idx)
-
-    # ----------------------------------------------------------------------------- the network
-
-    def sources(self) -> tuple[dict[str, ObjectStore], set[str]]:
-        """Each committed peer's store (validators excluded) and the registered hotkeys."""
-        neurons = self.chain.metagraph()
-        registered = {n.hotkey for n in neurons}
-        peers = {n.hotkey for n in neurons if not n.validator_permit}
-        out: dict[str, ObjectStore] = {}
-        for hotkey, commitment in self.chain.commitments().items():
-            if hotkey not in peers:
-                continue
-            if hotkey == self.identity.hotkey:
-                out[hotkey] = self.store
-                continue
-            store = self._sources.get(commitment.data)
-            if store is None:
-                try:
-                    store = store_from_card(BucketCard.decode(commitment.data), allow_local=self.opts.allow_local_cards)
-                except InvalidCommitment as exc:
-                    log.warning("ignoring %s: unusable bucket card (%s)", hotkey, exc)
-                    continue
-                self._sources[commitment.data] = store
-            out[hotkey] = store
-        return out, registered
-
-    def validator_store(self) -> tuple[str, ObjectStore] | None:
-        """The trusted validator (``trust_validator``, else the highest-stake permit holder with a card)."""
-        commitments = self.chain.commitments()
-        ranked = sorted((n for n in self.chain.metagraph() if n.validator_permit and n.hotkey in commitments),
-                        key=lambda n: -n.stake)
-        if self.opts.trust_validator:
-            ranked = [n for n in ranked if n.hotkey == self.opts.trust_validator]
-        for neuron in ranked:
-            try:
-                card = BucketCard.decode(commitments[neuron.hotkey].data)
-                return neuron.hotkey, store_from_card(card, allow_local=self.opts.allow_local_cards)
-            except InvalidCommitment as exc:
-                log.warning("validator %s has an unusable bucket card: %s", neuron.hotkey, exc)
-        return None
-
-    def _artefact(self, source: tuple[str, ObjectStore], kind: str, key: str, window: int | None):
-        hotkey, store = source
-        data = store.get(key, max_bytes=16 * self.cfg.timing.max_message_bytes)
-        return decode_artefact(data, kind=kind, run=self.run_hash, window=window, trusted={hotkey}, spec=self.spec,
-                               max_bytes=16 * self.cfg.timing.max_message_bytes)
+        return self.batches(self.assigned(window, hotkey or self.identity.hotkey))
 
     def load_checkpoint(self) -> bool:
         """Jump to the trusted validator's latest checkpoint if it is ahead of our state."""
@@ -171,7 +81,7 @@ class Peer:
         windows = sorted(p.window for p in found if p is not None and p.kind == "checkpoint")
         for window in reversed([w for w in windows if w > self.window_done]):
             try:
-                _, tensors = self._artefact(source, "checkpoint", keys.checkpoint(self.run, window), window)
+                _, tensors = self.artefact(source, "checkpoint", keys.checkpoint(self.run, window), window)
             except (StorageError, InvalidMessage) as exc:
                 log.warning("skipping checkpoint of window %d: %s", window, exc)
                 continue
@@ -189,51 +99,12 @@ class Peer:
         if source is None:
             return None
         try:
-            return self._artefact(source, "aggregate", keys.aggregate(self.run, window), window)[1]
+            return self.artefact(source, "aggregate", keys.aggregate(self.run, window), window)[1]
         except ObjectNotFound:
             return None
         except (StorageError, InvalidMessage) as exc:
             log.warning("window %d: unusable aggregate from validator %s: %s", window, source[0][:12], exc)
             return None
-
-    def peer_list(self, window: int) -> PeerList | None:
-        """The trusted validator's list for ``window``, if it published one."""
-        source = self.validator_store()
-        if source is None:
-            return None
-        try:
-            data = source[1].get(keys.peer_list(self.run, window), max_bytes=peer_list_max_bytes)
-            return decode_peer_list(data, run=self.run_hash, window=window, trusted={source[0]})
-        except ObjectNotFound:
-            return None
-        except (StorageError, InvalidMessage) as exc:
-            log.warning("window %d: unusable peer list from %s: %s", window, source[0][:12], exc)
-            return None
-
-    def gather(self, window: int, in_slot: bool = True) -> GatherResult:
-        """Every committed peer's message; restricted to the validator's list (top-G and reserves)
-        when one is published for the window."""
-        sources, registered = self.sources()
-        listed = self.peer_list(window) if in_slot else None
-        if listed is not None:
-            sources = {h: s for h, s in sources.items() if h in set(listed.peers) | set(listed.reserves)}
-        t = self.cfg.timing
-        result = gather(window, sources, run=self.run, run_hash=self.run_hash, registered=registered,
-                        spec=self.spec, codec=self.cfg.sparseloco, slot=self.slot(window) if in_slot else None,
-                        max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s)
-        if listed is not None:
-            keep = set(select(listed, result.messages, self.cfg.sparseloco.top_g))
-            result.messages = {h: m for h, m in result.messages.items() if h in keep}
-        return result
-
-    def publish_card(self) -> None:
-        card = self.opts.card
-        if card is None:
-            return
-        current = self.chain.commitments().get(self.identity.hotkey)
-        if current is None or current.data != card.encode():
-            self.chain.commit(self.identity, card.encode())
-            log.info("published bucket card %r", card)
 
     # ------------------------------------------------------------------------------ one window
 
@@ -257,11 +128,15 @@ class Peer:
                               "big")
         return WindowContext(window=window, hotkey=self.identity.hotkey, model=self.model, train=self._train,
                              assigned_batches=lambda: self.assigned_batches(window),
-                             random_batches=lambda n: self.random_batches(window, n), peer_updates=peer_updates,
+                             random_batches=lambda n: self.random_batches(window, n),
+                             unassigned_batches=lambda n: self.batches(
+                                 assigned_indices(seed, "own-choice", window, n * self.cfg.train.batch_size,
+                                                  len(self.train_set))),
+                             peer_updates=peer_updates,
                              previous_aggregate=lambda: self.last_aggregate, rng=random.Random(seed))
 
-    def train_and_upload(self, window: int) -> dict:
-        """Steps 1–2 of the timeline. Returns facts for the metrics line."""
+    def make_message(self, window: int) -> tuple[bytes | None, dict]:
+        """Step 1: the behaviour's Δ for the window, compressed, signed (and maybe tampered with)."""
         self._train_loss = None
         ctx = self.context(window)
         delta = self.behaviour.pseudo_gradient(ctx)
@@ -271,20 +146,26 @@ class Peer:
             data = encode_message(cts, window=window, run=self.run_hash, codec=self.cfg.sparseloco,
                                   signer=self.identity)
             data = self.behaviour.tamper(ctx, data)
-        _sleep_until(self.window_start(window + 1))
-        uploaded = False
-        if data is not None:
-            try:
-                self.store.put(keys.message(self.run, window, self.identity.hotkey), data)
-                uploaded = True
-            except StorageError as exc:
-                log.error("window %d: upload failed: %s", window, exc)
-        return {"train_loss": self._train_loss, "uploaded": uploaded, "bytes_sent": len(data) if data else 0}
+        self._in_sync = self.behaviour.keeps_in_sync(ctx)
+        return data, {"train_loss": self._train_loss, "bytes_sent": len(data) if data else 0}
+
+    def upload(self, window: int, data: bytes | None) -> bool:
+        """Step 2 (at the window boundary): put the message in this peer's bucket."""
+        if data is None:
+            return False
+        try:
+            self.store.put(keys.message(self.run, window, self.identity.hotkey), data)
+            return True
+        except StorageError as exc:
+            log.error("window %d: upload failed: %s", window, exc)
+            return False
 
     def apply(self, window: int, prefer_published: bool = False) -> GatherResult:
-        """Step 3: gather after the slot, aggregate, outer step. A peer catching up applies the
+        """Step 3 (after the slot): gather, aggregate, outer step. A peer catching up applies the
         validator's published aggregate when there is one instead of gathering every message."""
-        _sleep_until(self.slot(window)[1])
+        if not getattr(self, "_in_sync", True):  # a behaviour that ignores the network (an adversary)
+            self._in_sync = True
+            return GatherResult(window)
         if prefer_published and (agg := self.published_aggregate(window)) is not None:
             outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
             self.last_aggregate = agg
@@ -300,15 +181,16 @@ class Peer:
 
     def finish(self, window: int, result: GatherResult, facts: dict) -> None:
         fp = fingerprint(self.params)
+        sample = weight_sample(self.params, self.cfg.validator.weight_sample, seed=self.cfg.seed)
         try:
             self.store.put(keys.fingerprint(self.run, window, self.identity.hotkey),
-                           json.dumps({"window": window, "fingerprint": fp}).encode())
+                           json.dumps({"window": window, "fingerprint": fp, "sample": sample}).encode())
         except StorageError as exc:
             log.warning("window %d: could not publish the fingerprint: %s", window, exc)
         val = mean_loss(self.model, self.val_batches, self.cfg.model.autocast_bf16)
         self.window_done = window
         save_state(self.opts.run_dir, LocalState(window, self.trainer.step, self.run), self.model,
-                   self.error_feedback, self.trainer.optimizer)
+                   self.error_feedback, self.trainer.optimizer, durable=self.opts.durable)
         line = {"window": window, "time": time.time(), "hotkey": self.identity.hotkey, "val_loss": round(val, 5),
                 "fingerprint": fp, "ef_checksum": fingerprint(self.error_feedback.buffers)[:16],
                 "gathered": sorted(result.messages), "missing": result.missing,
@@ -363,13 +245,17 @@ class Peer:
         while stop is None or nxt <= stop:
             current = self.current_window()
             if nxt < current:  # missed: apply without training
+                _sleep_until(self.slot(nxt)[1])
                 result = self.apply(nxt, prefer_published=True)
                 self.finish(nxt, result, {"trained": False})
                 nxt += 1
             elif nxt == current:
-                facts = self.train_and_upload(nxt)
+                data, facts = self.make_message(nxt)
+                _sleep_until(self.window_start(nxt + 1) + self.behaviour.upload_delay_s)
+                uploaded = self.upload(nxt, data)
+                _sleep_until(self.slot(nxt)[1])
                 result = self.apply(nxt)
-                self.finish(nxt, result, {"trained": True, **facts})
+                self.finish(nxt, result, {"trained": True, "uploaded": uploaded, **facts})
                 nxt += 1
             else:
                 _sleep_until(self.window_start(nxt))

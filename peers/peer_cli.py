@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_peer)
 
 
-def _identity(args):
+def identity_from_args(args):
     from gauntlet.identity import Identity
 
     if args.identity_seed and args.wallet_name:
@@ -77,7 +77,7 @@ def _identity(args):
     raise ConfigError("no identity: pass --wallet.name/--wallet.hotkey (or --identity-seed on a local network)")
 
 
-def _card(store, args):
+def card_for(store, args):
     from gauntlet.storage import BucketCard, FileStore
 
     if isinstance(store, FileStore):
@@ -108,7 +108,7 @@ def run_peer(args: argparse.Namespace) -> int:
 
     setup_logging(args.quiet)
     cfg = load_config(args.config, args.overrides)
-    identity = _identity(args)
+    identity = identity_from_args(args)
     if args.chain is None and args.netuid is None:
         raise ConfigError("no chain: pass --chain URL, or --netuid (with --subtensor.network)")
     chain = open_chain(args.chain or f"bittensor://{args.network}/{args.netuid}")
@@ -118,7 +118,7 @@ def run_peer(args: argparse.Namespace) -> int:
         chain.register(identity.hotkey)
     store = open_store(args.storage, access_key=args.access_key or os.environ.get("AWS_ACCESS_KEY_ID"),
                        secret_key=args.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"))
-    opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=_card(store, args),
+    opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card_for(store, args),
                        allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window,
                        trust_validator=args.trust_validator, export_hf=args.export_hf,
                        export_every=args.export_every, push_to_hub=args.push_to_hub)

@@ -35,7 +35,8 @@ class LocalState:
 
 
 def save_state(run_dir: Path, state: LocalState, model: torch.nn.Module, ef: ErrorFeedback,
-               optimizer: torch.optim.Optimizer) -> None:
+               optimizer: torch.optim.Optimizer, durable: bool = True) -> None:
+    """``durable=False`` skips the fsync (simulations, where a power cut is not a concern)."""
     tensors = {f"model.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters()}
     tensors.update({k: v.detach().cpu().contiguous() for k, v in ef.state_dict().items()})
     opt = optimizer.state_dict()
@@ -50,7 +51,8 @@ def save_state(run_dir: Path, state: LocalState, model: torch.nn.Module, ef: Err
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            os.fsync(fh.fileno())
     os.replace(tmp, run_dir / STATE_FILE)
 
 

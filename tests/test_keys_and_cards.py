@@ -47,6 +47,9 @@ def test_card_round_trips_compactly_and_prints_no_secret():
     assert R2.store_url() == ("s3://" + "b" * 32 + "?endpoint_url=https://0123456789abcdef0123456789abcdef"
                               ".r2.cloudflarestorage.com&region=auto")
     assert BucketCard("file", "/tmp/peer-a").store_url() == "file:///tmp/peer-a"
+    noted = BucketCard("file", "/v", note="record:9:" + "ab" * 32)
+    assert BucketCard.decode(noted.encode()) == noted
+    assert len(noted.encode()) == len(BucketCard("file", "/v").encode()) + 1 + 73
 
 
 def test_cards_over_the_commitment_limit_are_refused():

@@ -14,7 +14,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,13 +37,14 @@ CREATE TABLE IF NOT EXISTS block_times (block INTEGER PRIMARY KEY, time REAL NOT
 
 class LocalChain:
     def __init__(self, path: str | Path, *, block_time: float = 12.0, clock: str = "wall", netuid: int = 1,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, now: Callable[[], float] = time.time) -> None:
         if clock not in ("wall", "manual"):
             raise ChainError(f"local chain clock must be 'wall' or 'manual', not {clock!r}")
         if block_time <= 0:
             raise ChainError("local chain block_time must be positive")
         self.path = Path(path).resolve()
         self.netuid = netuid
+        self._now = now  # a manual clock records block times with this (a virtual clock in lockstep runs)
         self.url = f"local://{self.path}"
         self._lock = threading.Lock()
         try:
@@ -55,7 +56,7 @@ class LocalChain:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                defaults = {"genesis": repr(time.time()), "block_time": repr(block_time), "clock": clock, "block": "0"}
+                defaults = {"genesis": repr(now()), "block_time": repr(block_time), "clock": clock, "block": "0"}
                 for key, value in defaults.items():
                     db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
                 db.execute("INSERT OR IGNORE INTO block_times VALUES (0, ?)", (float(defaults["genesis"]),))
@@ -103,7 +104,7 @@ class LocalChain:
         with self._write() as db:
             db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'block'", (blocks,))
             block = int(db.execute("SELECT value FROM meta WHERE key = 'block'").fetchone()[0])
-            db.execute("INSERT OR REPLACE INTO block_times VALUES (?, ?)", (block, time.time()))
+            db.execute("INSERT OR REPLACE INTO block_times VALUES (?, ?)", (block, self._now()))
             return block
 
     def timestamp(self, block: int) -> float:

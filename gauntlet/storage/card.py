@@ -2,9 +2,11 @@
 
 A card holds a store URL and a *read-only* key pair. Its compact binary encoding::
 
-    b"GC" | version (1 byte, = 1) | 5 × (length: 1 byte | UTF-8 bytes)
+    b"GC" | version (1 byte, = 1) | 6 or 7 × (length: 1 byte | UTF-8 bytes)
     fields: scheme ("s3" or "file"), location (endpoint URL or directory), bucket, region,
-            access key id, secret access key          (each at most 255 bytes)
+            access key id, secret access key, [note]  (each at most 255 bytes)
+
+The optional note carries a validator's record chain head (``record:WINDOW:SHA256``).
 
 A Bittensor commitment carries at most ``MaxFields`` (3) raw fields of at most 128 bytes, so an
 encoded card may not exceed 384 bytes; the chain adapters split it into 128-byte fields. A typical
@@ -32,6 +34,7 @@ class BucketCard:
     region: str = ""
     access_key: str = ""
     secret_key: str = ""
+    note: str = ""  # optional 7th field, e.g. a validator's record chain head "record:W:HASH"
 
     def __repr__(self) -> str:  # never print the secret, even a read-only one
         return f"BucketCard({self.store_url()!r}, access_key={self.access_key!r})"
@@ -46,6 +49,7 @@ class BucketCard:
 
     def encode(self) -> bytes:
         parts = (self.scheme, self.location, self.bucket, self.region, self.access_key, self.secret_key)
+        parts += (self.note,) if self.note else ()
         out = bytearray(MAGIC + bytes([VERSION]))
         for part in parts:
             raw = part.encode("utf-8")
@@ -64,7 +68,9 @@ class BucketCard:
         if data[:2] != MAGIC or len(data) < 3 or data[2] != VERSION:
             raise InvalidCommitment("not a version-1 bucket card (bad magic or version)")
         pos, parts = 3, []
-        for _ in range(6):
+        for n in range(7):
+            if n == 6 and pos == len(data):
+                break  # the note is optional
             if pos >= len(data):
                 raise InvalidCommitment("bucket card is truncated")
             n = data[pos]
@@ -76,7 +82,7 @@ class BucketCard:
             except UnicodeDecodeError:
                 raise InvalidCommitment("bucket card field is not UTF-8") from None
             pos += 1 + n
-        if pos != len(data):
+        if pos != len(data) or (len(parts) == 7 and not parts[6]):
             raise InvalidCommitment("bucket card has trailing bytes")
         card = cls(*parts)
         if card.scheme not in ("s3", "file"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from gauntlet.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, StorageError
@@ -18,11 +19,15 @@ _TMP_SUFFIX = ".partial"
 
 
 class FileStore:
+    """``clock``, for simulations on a virtual clock: stamps each written object's last-modified time
+    with ``clock()`` instead of the file system's time."""
+
     time_resolution = 0.0
 
-    def __init__(self, root: str | Path, read_only: bool = False) -> None:
+    def __init__(self, root: str | Path, read_only: bool = False, clock: Callable[[], float] | None = None) -> None:
         self.root = Path(root).resolve()
         self.read_only = read_only
+        self.clock = clock
         self.url = self.root.as_uri()
         if not read_only:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -44,6 +49,9 @@ class FileStore:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if self.clock is not None:
+                stamp = self.clock()
+                os.utime(tmp, (stamp, stamp))
             os.replace(tmp, path)
         except OSError as exc:
             raise StorageError(f"cannot write {key} in {self.url}: {exc.strerror or exc}") from exc

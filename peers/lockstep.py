@@ -1,0 +1,133 @@
+"""The lockstep network: every node in one process on a virtual clock, deterministic for a seed.
+
+The chain runs a manual clock and the file stores stamp objects with the same virtual time, so the
+upload slot, "too late" and "who uploaded first" mean exactly what they mean live — the very same
+:class:`~peers.peer.Peer` and :class:`~peers.validator.Validator` classes run, only nobody sleeps.
+Every node saves its state each window; :func:`build` on an existing directory resumes, and a window
+interrupted by a crash is simply run again (the chain is not advanced twice).
+
+One window ``w`` (virtual times relative to the boundary ``b = start(w+1)``):
+
+- peers that do not wait for others compute their message during ``w``;
+- the chain advances to ``w+1``; they upload at ``b + 0.01·i`` (a late uploader after the slot);
+- peers that wait for others (copiers) compute and upload at ``b + slot/2``;
+- after the slot closes the validator evaluates ``w``, then every peer applies ``w``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gauntlet.chain.local import LocalChain
+from gauntlet.config import GauntletConfig
+from gauntlet.identity import Identity
+from gauntlet.storage import BucketCard, FileStore
+from peers.behaviours import Behaviour
+from peers.node import NodeOptions
+from peers.peer import Peer, PeerOptions
+from peers.validator import Validator
+
+log = logging.getLogger("gauntlet.lockstep")
+GENESIS = 1_700_000_000.0  # virtual unix time of block 0
+
+
+class VirtualClock:
+    def __init__(self, start: float = GENESIS) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class LockstepNetwork:
+    cfg: GauntletConfig
+    out: Path
+    clock: VirtualClock
+    chain: LocalChain
+    validator: Validator
+    peers: dict[str, Peer] = field(default_factory=dict)
+    window: int = 0  # the next window to run
+
+    @property
+    def block_time(self) -> float:
+        return self.chain.block_time
+
+
+def node_identity(seed: int, name: str) -> Identity:
+    return Identity.from_seed(f"lockstep|{seed}|{name}")
+
+
+def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], data_dir: Path,
+          block_time: float = 12.0) -> LockstepNetwork:
+    """Create (or reopen, after a crash) a lockstep network in ``out``: chain, stores, nodes."""
+    out = Path(out)
+    clock = VirtualClock()
+    chain = LocalChain(out / "chain.db", clock="manual", block_time=block_time, now=clock)
+    if chain.block() > 0:  # reopening: continue the virtual clock where the chain is
+        clock.now = chain.timestamp(chain.block())
+    cache: dict = {}
+    vid = node_identity(cfg.seed, "validator")
+    chain.register(vid.hotkey, stake=1000.0, validator_permit=True)
+    vstore = FileStore(out / "validator" / "bucket", clock=clock)
+    secret = hashlib.sha256(f"lockstep-eval|{cfg.seed}".encode()).digest()
+    validator = Validator(cfg, vid, chain, vstore, NodeOptions(
+        run_dir=out / "validator" / "state", data_dir=data_dir, card=BucketCard("file", str(vstore.root)),
+        allow_local_cards=True, message_cache=cache), eval_secret=secret)
+    net = LockstepNetwork(cfg, out, clock, chain, validator)
+    for name, behaviour in peers.items():
+        ident = node_identity(cfg.seed, name)
+        chain.register(ident.hotkey)
+        store = FileStore(out / "peers" / name / "bucket", clock=clock)
+        net.peers[name] = Peer(cfg, ident, chain, store, PeerOptions(
+            run_dir=out / "peers" / name / "state", data_dir=data_dir, card=BucketCard("file", str(store.root)),
+            allow_local_cards=True, durable=False, message_cache=cache), behaviour)
+    validator.start()
+    for peer in net.peers.values():
+        peer.start()
+    net.window = validator.book.window + 1
+    return net
+
+
+def run_window(net: LockstepNetwork) -> dict:
+    """Run the next window of the whole network; returns the validator's window record."""
+    w, cfg, clock = net.window, net.cfg, net.clock
+    bpw, slot = cfg.timing.blocks_per_window, cfg.timing.upload_slot_s
+    _advance_to(net, w * bpw)
+    early = {n: p for n, p in net.peers.items() if not p.behaviour.waits_for_others}
+    waiting = {n: p for n, p in net.peers.items() if p.behaviour.waits_for_others}
+    clock.now = net.chain.timestamp(w * bpw) + 1.0
+    messages = {n: p.make_message(w) for n, p in early.items()}
+    boundary = net.chain.timestamp(w * bpw) + bpw * net.block_time
+    _advance_to(net, (w + 1) * bpw)  # a window re-run after a crash finds the chain already there
+    late_at = boundary + slot + cfg.timing.slot_grace_s + 0.5
+    facts = {}
+    for i, (name, peer) in enumerate(sorted(early.items())):
+        data, fact = messages[name]
+        clock.now = late_at if peer.behaviour.upload_delay_s > slot else boundary + 0.01 * (i + 1)
+        facts[name] = {**fact, "uploaded": peer.upload(w, data)}
+    for name, peer in sorted(waiting.items()):
+        clock.now = boundary + slot / 2
+        data, fact = peer.make_message(w)
+        facts[name] = {**fact, "uploaded": peer.upload(w, data)}
+    clock.now = late_at + 0.5
+    record = net.validator.evaluate_window(w)
+    for name, peer in sorted(net.peers.items()):
+        peer.finish(w, peer.apply(w), {"trained": True, **facts[name]})
+    net.window = w + 1
+    return record
+
+
+def _advance_to(net: LockstepNetwork, block: int) -> None:
+    current = net.chain.block()
+    if current < block:
+        net.clock.now = net.chain.timestamp(current) + (block - current) * net.block_time
+        net.chain.advance(block - current)
+
+
+def run(net: LockstepNetwork, windows: int) -> list[dict]:
+    """Run ``windows`` more windows."""
+    return [run_window(net) for _ in range(windows)]

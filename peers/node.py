@@ -1,0 +1,169 @@
+"""What every node (peer or validator) shares: the data and the model, the window clock, the other
+nodes' buckets, the trusted validator's artefacts, and the gather."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gauntlet.chain import Chain
+from gauntlet.config import GauntletConfig
+from gauntlet.data import TokenDataset, prepare
+from gauntlet.errors import InvalidCommitment, InvalidMessage, ObjectNotFound, StorageError
+from gauntlet.identity import Identity
+from gauntlet.models import build_model
+from gauntlet.storage import BucketCard, ObjectStore, keys, store_from_card
+from gauntlet.uniqueness import assigned_indices
+from peers.artefacts import decode_artefact
+from peers.gather import GatherResult, gather
+from peers.peer_list import MAX_BYTES as PEER_LIST_MAX_BYTES
+from peers.peer_list import PeerList, decode_peer_list, select
+
+log = logging.getLogger("gauntlet.node")
+
+
+@dataclass
+class NodeOptions:
+    run_dir: Path
+    data_dir: Path
+    card: BucketCard | None = None  # published through the chain commitment when given
+    allow_local_cards: bool = False  # accept file:// and loopback cards (local networks only)
+    stop_after_window: int | None = None
+    trust_validator: str | None = None  # whose checkpoints/aggregates/lists to use (default: highest stake)
+    durable: bool = True  # fsync state files (simulations in one process may skip it)
+    message_cache: dict | None = None  # decoded messages shared by the nodes of one process (lockstep)
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".cache" / "gauntlet" / "data"
+
+
+class Node:
+    def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
+                 opts: NodeOptions) -> None:
+        self.cfg, self.identity, self.chain, self.store, self.opts = cfg, identity, chain, store, opts
+        self.run, self.run_hash = cfg.run_name, cfg.run_hash()
+        root = prepare(cfg.data, opts.data_dir)
+        self.train_set, self.val_set = TokenDataset(root, "train"), TokenDataset(root, "val")
+        self.model = build_model(cfg.model, self.train_set.vocab_size, cfg.data.seq_len, seed=cfg.seed)
+        self.params = dict(self.model.named_parameters())
+        self.spec = {n: tuple(p.shape) for n, p in self.params.items()}
+        self._sources: dict[bytes, ObjectStore] = {}
+        opts.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------------------ time & data
+
+    def window_start(self, window: int) -> float:
+        return self.chain.timestamp(window * self.cfg.timing.blocks_per_window)
+
+    def slot(self, window: int) -> tuple[float, float]:
+        """When uploads for ``window`` count (server time)."""
+        t, opening = self.cfg.timing, self.window_start(window + 1)
+        return opening - t.slot_grace_s, opening + t.upload_slot_s + t.slot_grace_s
+
+    def current_window(self) -> int:
+        return self.chain.block() // self.cfg.timing.blocks_per_window
+
+    def batches(self, indices: list[int]) -> list[torch.Tensor]:
+        return list(self.train_set.batch(indices).split(self.cfg.train.batch_size))
+
+    def assigned(self, window: int, hotkey: str) -> list[int]:
+        return assigned_indices(self.cfg.seed, hotkey, window, self.cfg.samples_per_window, len(self.train_set))
+
+    def random_batches(self, window: int, n: int, salt: str = "shared-random") -> list[torch.Tensor]:
+        """Batches drawn alike by every node that knows ``salt`` (not assigned to anyone)."""
+        idx = assigned_indices(self.cfg.seed, salt, window, n * self.cfg.train.batch_size, len(self.train_set))
+        return self.batches(idx)
+
+    # ----------------------------------------------------------------------------- the network
+
+    def network(self) -> tuple[dict[str, ObjectStore], set[str], dict[str, int]]:
+        """Each committed peer's store (validators excluded), the registered hotkeys, and their uids."""
+        neurons = self.chain.metagraph()
+        uids = {n.hotkey: n.uid for n in neurons}
+        peers = {n.hotkey for n in neurons if not n.validator_permit}
+        out: dict[str, ObjectStore] = {}
+        for hotkey, commitment in self.chain.commitments().items():
+            if hotkey not in peers:
+                continue
+            if hotkey == self.identity.hotkey:
+                out[hotkey] = self.store
+                continue
+            store = self._sources.get(commitment.data)
+            if store is None:
+                try:
+                    store = store_from_card(BucketCard.decode(commitment.data), allow_local=self.opts.allow_local_cards)
+                except InvalidCommitment as exc:
+                    log.warning("ignoring %s: unusable bucket card (%s)", hotkey, exc)
+                    continue
+                self._sources[commitment.data] = store
+            out[hotkey] = store
+        return out, set(uids), uids
+
+    def publish_card(self) -> None:
+        card = self.opts.card
+        if card is None:
+            return
+        current = self.chain.commitments().get(self.identity.hotkey)
+        if current is None or current.data != card.encode():
+            self.chain.commit(self.identity, card.encode())
+            log.info("published bucket card %r", card)
+
+    def validator_store(self) -> tuple[str, ObjectStore] | None:
+        """The trusted validator (``trust_validator``, else the highest-stake permit holder with a card)."""
+        commitments = self.chain.commitments()
+        ranked = sorted((n for n in self.chain.metagraph() if n.validator_permit and n.hotkey in commitments),
+                        key=lambda n: -n.stake)
+        if self.opts.trust_validator:
+            ranked = [n for n in ranked if n.hotkey == self.opts.trust_validator]
+        for neuron in ranked:
+            if neuron.hotkey == self.identity.hotkey:
+                return neuron.hotkey, self.store
+            try:
+                card = BucketCard.decode(commitments[neuron.hotkey].data)
+                return neuron.hotkey, store_from_card(card, allow_local=self.opts.allow_local_cards)
+            except InvalidCommitment as exc:
+                log.warning("validator %s has an unusable bucket card: %s", neuron.hotkey, exc)
+        return None
+
+    def artefact(self, source: tuple[str, ObjectStore], kind: str, key: str, window: int | None):
+        hotkey, store = source
+        limit = 16 * self.cfg.timing.max_message_bytes
+        data = store.get(key, max_bytes=limit)
+        return decode_artefact(data, kind=kind, run=self.run_hash, window=window, trusted={hotkey}, spec=self.spec,
+                               max_bytes=limit)
+
+    def peer_list(self, window: int) -> PeerList | None:
+        """The trusted validator's list for ``window``, if it published one."""
+        source = self.validator_store()
+        if source is None:
+            return None
+        try:
+            data = source[1].get(keys.peer_list(self.run, window), max_bytes=PEER_LIST_MAX_BYTES)
+            return decode_peer_list(data, run=self.run_hash, window=window, trusted={source[0]})
+        except ObjectNotFound:
+            return None
+        except (StorageError, InvalidMessage) as exc:
+            log.warning("window %d: unusable peer list from %s: %s", window, source[0][:12], exc)
+            return None
+
+    def gather(self, window: int, in_slot: bool = True, listed: PeerList | None = None,
+               use_list: bool = True) -> GatherResult:
+        """Every committed peer's message; restricted to the validator's list (top-G and reserves)
+        when one is published for the window (``use_list``) or given (``listed``)."""
+        sources, registered, _ = self.network()
+        if listed is None and use_list and in_slot:
+            listed = self.peer_list(window)
+        if listed is not None:
+            sources = {h: s for h, s in sources.items() if h in set(listed.peers) | set(listed.reserves)}
+        t = self.cfg.timing
+        result = gather(window, sources, run=self.run, run_hash=self.run_hash, registered=registered,
+                        spec=self.spec, codec=self.cfg.sparseloco, slot=self.slot(window) if in_slot else None,
+                        max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s, cache=self.opts.message_cache)
+        if listed is not None:
+            keep = set(select(listed, result.messages, self.cfg.sparseloco.top_g))
+            result.messages = {h: m for h, m in result.messages.items() if h in keep}
+        return result

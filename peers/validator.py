@@ -1,0 +1,240 @@
+"""The validator node (PROTOCOL §4–6): score every peer, rate, set weights, publish what keeps the
+network in sync, and explain every decision.
+
+Each window ``w``, after its upload slot has closed (:meth:`Validator.evaluate_window`):
+
+1. gather every committed peer's message (stage 1: presence in the slot, validity, signature, run,
+   window) and read each present peer's weight sample to measure how many outer steps behind it is;
+2. copy detection over all valid messages (index overlap and value similarity; the later uploader
+   is the offender);
+3. stage 2, the loss test, for a sample binned by rating (least recently tested first): the peer's
+   update alone, scaled, on its own assigned data and on the window's shared random data;
+4. the book update: penalties, moving averages, one OpenSkill match, final scores (one JSONL line
+   per peer in ``scores.jsonl`` with every factor);
+5. the aggregate of the listed peers (the same rule every peer applies) and the outer step;
+   publish the aggregate, the peer list for ``w+1``, a checkpoint every N windows and the signed,
+   hash-chained window record; set weights on chain every K windows; save the state atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+
+from gauntlet.chain import Chain
+from gauntlet.config import GauntletConfig
+from gauntlet.errors import ChainError, InvalidMessage, StorageError
+from gauntlet.identity import Identity
+from gauntlet.models import mean_loss
+from gauntlet.rating import WindowOutcome, power_weights, tiered_weights, update_book
+from gauntlet.scoring import loss_test, steps_behind, weight_sample
+from gauntlet.scoring.sampling import choose_for_eval
+from gauntlet.sparseloco import aggregate, fingerprint, outer_step
+from gauntlet.storage import BucketCard, ObjectStore, keys
+from gauntlet.uniqueness import copy_stats, find_copies, own_eval_indices
+from peers.artefacts import encode_artefact
+from peers.gather import GatherResult
+from peers.node import Node, NodeOptions
+from peers.peer_list import PeerList, encode_peer_list
+from peers.records import seal
+from peers.validator_state import ValidatorBook, load, save
+
+log = logging.getLogger("gauntlet.validator")
+
+
+class Validator(Node):
+    def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
+                 opts: NodeOptions, eval_secret: bytes | None = None) -> None:
+        super().__init__(cfg, identity, chain, store, opts)
+        self.book = load(opts.run_dir, self.model) or ValidatorBook(secret=(eval_secret or os.urandom(32)).hex())
+        self._scores = open(opts.run_dir / "scores.jsonl", "a", encoding="utf-8")
+
+    # ------------------------------------------------------------------------------------ stage 1
+
+    def _steps_behind(self, result: GatherResult, window: int, reference: list[float]) -> dict[str, float]:
+        """For each present peer, outer steps between its published weight sample and ours."""
+        sources, _, _ = self.network()
+        out = {}
+        for hotkey in result.messages:
+            if self.book.records.get(hotkey) is None or window == 0:
+                out[hotkey] = 0.0  # a newcomer has nothing to compare yet
+                continue
+            try:
+                raw = json.loads(sources[hotkey].get(keys.fingerprint(self.run, window - 1, hotkey), max_bytes=1 << 20))
+                sample = [float(v) for v in raw["sample"]]
+            except (StorageError, KeyError, TypeError, ValueError):
+                out[hotkey] = math.inf  # no usable sample: cannot show it is in sync
+                continue
+            out[hotkey] = steps_behind(sample, reference, self.book.typical_step)
+        return out
+
+    # ------------------------------------------------------------------------------------ stage 2
+
+    def _loss_tests(self, window: int, result: GatherResult, chosen: list[str]) -> dict:
+        v = self.cfg.validator
+        salt = hashlib.sha256(bytes.fromhex(self.book.secret) + b"|random").hexdigest()
+        per_batch = self.cfg.train.batch_size
+        random = self.random_batches(window, max(1, v.eval_random_sequences // per_batch), salt=salt)
+        bf16 = self.cfg.model.autocast_bf16
+        random_before = mean_loss(self.model, random, bf16)
+        scale = v.eval_lr_factor * self.cfg.sparseloco.outer_lr
+        tests = {}
+        for hotkey in chosen:
+            own_idx = own_eval_indices(self.assigned(window, hotkey), v.eval_own_sequences, self.cfg.seed, window)
+            update = {n: ct.to_dense() for n, ct in result.messages[hotkey].tensors.items()}
+            tests[hotkey] = loss_test(self.model, update, scale, self.batches(own_idx), random, random_before, bf16)
+        return tests
+
+    # ------------------------------------------------------------------------------------ outputs
+
+    def _weights(self, uids: dict[str, int]) -> dict[int, float]:
+        v = self.cfg.validator
+        finals = {uids[h]: r.final for h, r in self.book.records.items() if h in uids}
+        if v.policy == "power":
+            return power_weights(finals, v.power_p)
+        ranked = [u for u, f in sorted(finals.items(), key=lambda kv: (-kv[1], kv[0])) if f > 0]
+        return tiered_weights(ranked, burn_uid=v.burn_uid, burn_share=v.burn_share, top=v.tier_top,
+                              top_share=v.tier_top_share, ramp=v.tier_ramp, next_n=v.tier_next, decay=v.tier_decay)
+
+    def _next_list(self, window: int) -> dict:
+        g, reserves = self.cfg.sparseloco.top_g, self.cfg.validator.reserves
+        eligible = [h for h, r in self.book.records.items() if r.banned_until < window and r.last_seen >= window - 1]
+        ranked = sorted(eligible, key=lambda h: (-self.book.records[h].final, -self.book.records[h].ordinal, h))
+        return {"window": window + 1, "peers": ranked[:g], "reserves": ranked[g : g + reserves]}
+
+    def _publish(self, key: str, data: bytes) -> None:
+        try:
+            self.store.put(key, data)
+        except StorageError as exc:
+            log.error("could not publish %s: %s", key, exc)
+
+    # ----------------------------------------------------------------------------------- a window
+
+    def evaluate_window(self, window: int) -> dict:
+        """Everything the validator does for ``window``; call after its upload slot has closed."""
+        t0 = time.time()
+        v = self.cfg.validator
+        _, _, uids = self.network()
+        result = self.gather(window, use_list=False)  # stage 1 covers every committed peer
+        failed = {h: "missing" for h in result.missing}
+        failed.update({h: "late" for h in result.outside_slot})
+        failed.update({h: f"invalid: {why}" for h, why in result.invalid.items()})
+        reference = weight_sample(self.params, v.weight_sample, seed=self.cfg.seed)
+        behind = self._steps_behind(result, window, reference)
+
+        present = sorted(result.messages)
+        stats = copy_stats([result.messages[h].tensors for h in present]) if len(present) > 1 else None
+        copies = find_copies(present, stats, result.times, threshold=v.copy_threshold,
+                             value_similarity=v.copy_value_similarity) if stats is not None else []
+        offenders = {c.offender for c in copies}
+        candidates = [h for h in present if h not in offenders and self._not_banned(h, window)]
+        ordinals = {h: r.ordinal for h, r in self.book.records.items()}
+        last_eval = {h: r.last_eval for h, r in self.book.records.items()}
+        chosen = choose_for_eval(candidates, ordinals, last_eval, v.eval_peers, v.eval_bins)
+        t1 = time.time()
+        tests = self._loss_tests(window, result, chosen)
+        t2 = time.time()
+
+        outcome = WindowOutcome(window, set(present), failed, behind, copies, tests)
+        self.book.records, why = update_book(self.book.records, outcome, v)
+
+        listed = self.book.listed if self.book.listed and self.book.listed["window"] == window else None
+        if listed is not None:
+            from peers.peer_list import select
+
+            members = select(PeerList(window, self.identity.hotkey, tuple(listed["peers"]),
+                                      tuple(listed["reserves"])), result.messages, self.cfg.sparseloco.top_g)
+        else:
+            members = present
+        applied = sorted(members)
+        if applied:
+            agg = aggregate([result.messages[h].tensors for h in applied], self.cfg.sparseloco.combine,
+                            self.cfg.sparseloco.clip_to_median)
+            outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
+            self._publish(keys.aggregate(self.run, window),
+                          encode_artefact("aggregate", agg, run=self.run_hash, window=window, signer=self.identity))
+        after = weight_sample(self.params, v.weight_sample, seed=self.cfg.seed)
+        step = sum(abs(a - b) for a, b in zip(after, reference)) / len(after)
+        self.book.typical_step = step if self.book.typical_step == 0 else 0.9 * self.book.typical_step + 0.1 * step
+
+        self.book.listed = self._next_list(window)
+        self._publish(keys.peer_list(self.run, window + 1), encode_peer_list(
+            window + 1, self.book.listed["peers"], self.book.listed["reserves"], run=self.run_hash,
+            signer=self.identity))
+        weights = None
+        if (window + 1) % v.weights_every == 0:
+            weights = self._weights(uids)
+            if weights:
+                try:
+                    self.chain.set_weights(self.identity, weights)
+                except ChainError as exc:
+                    log.error("window %d: setting weights failed: %s", window, exc)
+        if (window + 1) % v.checkpoint_every == 0:
+            self._publish(keys.checkpoint(self.run, window), encode_artefact(
+                "checkpoint", self.params, run=self.run_hash, window=window, signer=self.identity))
+
+        record = self._record(window, result, why, applied, weights, uids, durations={
+            "stage1_s": round(t1 - t0, 3), "loss_tests_s": round(t2 - t1, 3), "total_s": round(time.time() - t0, 3)})
+        data, head = seal(record, self.book.record_head, self.identity)
+        self._publish(keys.record(self.run, window), data)
+        self.book.record_head = head
+        if (window + 1) % v.checkpoint_every == 0 or window == 0:
+            self._commit_head(window)
+        for hotkey in sorted(why):
+            self._scores.write(json.dumps({"hotkey": hotkey, "uid": uids.get(hotkey), **why[hotkey]}) + "\n")
+        self._scores.flush()
+        self.book.window = window
+        save(self.opts.run_dir, self.model, self.book)
+        log.info("window %d: %d present, %d tested, %d copies, %d aggregated, fingerprint %s", window, len(present),
+                 len(tests), len(copies), len(applied), record["fingerprint"][:12])
+        return record
+
+    def _not_banned(self, hotkey: str, window: int) -> bool:
+        rec = self.book.records.get(hotkey)
+        return rec is None or rec.banned_until < window
+
+    def _record(self, window, result, why, applied, weights, uids, durations) -> dict:
+        hardware = {h: m.header.extra.get("hardware") for h, m in result.messages.items()
+                    if isinstance(m.header.extra.get("hardware"), (str, dict))}
+        return {"v": 1, "run": self.run_hash, "run_name": self.run, "window": window, "time": time.time(),
+                "model": {"preset": self.cfg.model.preset, "parameters": sum(p.numel() for p in self.params.values())},
+                "config": self.cfg.run_hash(), "fingerprint": fingerprint(self.params), "aggregated": applied,
+                "peers": {h: {k: v for k, v in why[h].items() if k != "window"} for h in sorted(why)},
+                "declared_hardware": hardware, "weights": {str(u): w for u, w in (weights or {}).items()},
+                "durations": durations}
+
+    def _commit_head(self, window: int) -> None:
+        card = self.opts.card
+        if card is None:
+            return
+        noted = BucketCard(card.scheme, card.location, card.bucket, card.region, card.access_key, card.secret_key,
+                           note=f"record:{window}:{self.book.record_head}")
+        try:
+            self.chain.commit(self.identity, noted.encode())
+        except (ChainError, ValueError) as exc:
+            log.error("window %d: could not commit the record head: %s", window, exc)
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.publish_card()
+
+    def run_forever(self) -> None:
+        """Evaluate each window once its slot has closed (until ``stop_after_window``)."""
+        from peers.peer import _sleep_until
+
+        self.start()
+        nxt = self.book.window + 1 if self.book.window >= 0 else max(0, self.current_window() - 1)
+        stop = self.opts.stop_after_window
+        while stop is None or nxt <= stop:
+            _sleep_until(self.slot(nxt)[1])
+            try:
+                self.evaluate_window(nxt)
+            except InvalidMessage as exc:  # never crash on what peers send
+                log.error("window %d: %s", nxt, exc)
+            nxt += 1
+        self._scores.close()
