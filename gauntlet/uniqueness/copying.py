@@ -1,21 +1,22 @@
 """Copy detection across all gathered peers (PROTOCOL §4), vectorised.
 
-Every kept value of every peer gets a global key (tensor offset + chunk · chunk_size + index). One
-``torch.unique`` over all keys gives, per position, the peers that selected it (a sparse P × U
-incidence matrix M); sparse products then give for every pair at once:
+Every kept value of every peer gets a global key (tensor offset + chunk · chunk_size + index). After
+one sort of all keys, entries at the same position are adjacent; comparing each entry with the one
+``d`` places later (d = 1, 2, … up to the largest group, at most P) finds every pair of peers that
+share a position, and ``index_add`` accumulates, for every pair at once:
 
 - ``overlap[i, j]`` = positions both selected / values each kept — the size-weighted mean of the
   per-chunk top-k overlap;
 - ``cosine[i, j]``  = cosine similarity of the two peers' decoded values on their shared positions,
   which still exposes a copier who perturbs the values or drops some indices.
 
-Cost: O(N log N) for N kept values in total (the reference compares chunk pairs element by element,
-O(P² · C · k²)). Dense tensors are not compared (they are tiny and everyone sends them).
+Cost: O(N log N + N · g) for N kept values in total and g the largest number of peers sharing a
+position (a few for independent peers; P only if everyone sent the same update). The reference
+compares chunk pairs element by element, O(P² · C · k²). Dense tensors are not compared (they are tiny and everyone sends them).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,21 +50,28 @@ def copy_stats(updates: Sequence[Mapping[str, CompressedTensor]]) -> CopyStats:
         return CopyStats(eye, eye.clone())
     keys_all, vals_all = torch.cat(keys, dim=1), torch.cat(vals, dim=1).double()
     kept = keys_all.shape[1]
-    _, row = torch.unique(keys_all.reshape(-1), return_inverse=True)
-    col = torch.arange(peers).repeat_interleave(kept)
-    n_rows = int(row.max()) + 1
-    where = torch.stack([row, col])
-    def sparse(v: torch.Tensor) -> torch.Tensor:  # (row, peer) pairs are unique: coalescing only sorts
-        return torch.sparse_coo_tensor(where, v, (n_rows, peers), check_invariants=False).coalesce()
-
-    ones, values = sparse(torch.ones(row.numel(), dtype=torch.float64)), sparse(vals_all.reshape(-1))
-    squares = sparse(vals_all.reshape(-1) ** 2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch flags its sparse kernels as beta
-        shared = torch.sparse.mm(ones.t(), ones).to_dense()
-        dots = torch.sparse.mm(values.t(), values).to_dense()
-        norms = torch.sparse.mm(squares.t(), ones).to_dense()  # [i, j]: Σ v_i² over positions shared with j
-    cosine = dots / (norms * norms.t()).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+    flat_keys, order = keys_all.reshape(-1).sort()
+    owner = torch.arange(peers).repeat_interleave(kept)[order]
+    value = vals_all.reshape(-1)[order]
+    shared = torch.zeros(peers * peers, dtype=torch.float64)
+    dots, norm_i = torch.zeros_like(shared), torch.zeros_like(shared)
+    # Entries with equal keys are adjacent; compare each with the one d places later for d = 1, 2, ...
+    # until no group is that long (at most P: a peer never repeats a key).
+    for d in range(1, peers):
+        same = flat_keys[d:] == flat_keys[:-d]
+        if not bool(same.any()):
+            break
+        a, b = owner[:-d][same], owner[d:][same]
+        va, vb = value[:-d][same], value[d:][same]
+        for i, j, vi, vj in ((a, b, va, vb), (b, a, vb, va)):  # both orders: a symmetric matrix
+            pair = i * peers + j
+            shared.index_add_(0, pair, torch.ones_like(vi))
+            dots.index_add_(0, pair, vi * vj)
+            norm_i.index_add_(0, pair, vi * vi)
+    shared, dots, norm_i = (t.view(peers, peers) for t in (shared, dots, norm_i))
+    shared.fill_diagonal_(float(kept))
+    cosine = dots / (norm_i * norm_i.t()).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+    cosine.fill_diagonal_(1.0)
     return CopyStats((shared / kept).float(), torch.where(shared > 0, cosine, 0.0).float())
 
 
