@@ -157,6 +157,8 @@ class Node:
         sources, registered, _ = self.network()
         if listed is None and use_list and in_slot:
             listed = self.peer_list(window)
+        if listed is not None and not (listed.peers or listed.reserves):
+            listed = None  # an empty list names nobody: everyone's message counts
         if listed is not None:
             sources = {h: s for h, s in sources.items() if h in set(listed.peers) | set(listed.reserves)}
         t = self.cfg.timing

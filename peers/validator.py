@@ -161,10 +161,11 @@ class Validator(Node):
         step = sum(abs(a - b) for a, b in zip(after, reference)) / len(after)
         self.book.typical_step = step if self.book.typical_step == 0 else 0.9 * self.book.typical_step + 0.1 * step
 
-        self.book.listed = self._next_list(window)
-        self._publish(keys.peer_list(self.run, window + 1), encode_peer_list(
-            window + 1, self.book.listed["peers"], self.book.listed["reserves"], run=self.run_hash,
-            signer=self.identity))
+        nxt = self._next_list(window)
+        self.book.listed = nxt if nxt["peers"] else None  # nobody eligible yet: no list, everyone counts
+        if self.book.listed is not None:
+            self._publish(keys.peer_list(self.run, window + 1), encode_peer_list(
+                window + 1, nxt["peers"], nxt["reserves"], run=self.run_hash, signer=self.identity))
         weights = None
         if (window + 1) % v.weights_every == 0:
             weights = self._weights(uids)

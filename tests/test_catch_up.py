@@ -197,3 +197,5 @@ def test_a_peer_aggregates_only_the_validators_list_filling_gaps_from_reserves(t
     vstore.put(keys.peer_list(cfg.run_name, 0), encode_peer_list(
         0, [peers["p2"].hotkey], [], run=me.run_hash, signer=VALIDATOR))
     assert set(me.gather(0).messages) == {peers["p2"].hotkey}  # unlisted p1 is left out
+    vstore.put(keys.peer_list(cfg.run_name, 0), encode_peer_list(0, [], [], run=me.run_hash, signer=VALIDATOR))
+    assert set(me.gather(0).messages) == {peers["p1"].hotkey, peers["p2"].hotkey}  # an empty list names nobody
