@@ -47,6 +47,7 @@ log = logging.getLogger("gauntlet.peer")
 
 @dataclass
 class PeerOptions(NodeOptions):
+    declared: dict[str, str] | None = None  # e.g. hardware, provider, price: signed into every message
     export_hf: Path | None = None  # save_pretrained directory, refreshed after every export_every windows
     export_every: int = 0  # 0: only when the peer stops (--until-window)
     push_to_hub: str | None = None  # Hub repo to push each export to (off by default)
@@ -144,7 +145,7 @@ class Peer(Node):
         if delta is not None:
             cts = self.error_feedback.compress(delta)
             data = encode_message(cts, window=window, run=self.run_hash, codec=self.cfg.sparseloco,
-                                  signer=self.identity)
+                                  signer=self.identity, extra={"declared": self.opts.declared or {}})
             data = self.behaviour.tamper(ctx, data)
         self._in_sync = self.behaviour.keeps_in_sync(ctx)
         return data, {"train_loss": self._train_loss, "bytes_sent": len(data) if data else 0}

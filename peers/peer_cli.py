@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="READ-ONLY key id published on chain for others (default: $GAUNTLET_READ_ACCESS_KEY)")
     g.add_argument("--storage.read-secret-key", dest="read_secret",
                    help="READ-ONLY secret published on chain (default: $GAUNTLET_READ_SECRET_KEY)")
+    g.add_argument("--declare", action="append", default=[], metavar="KEY=VALUE",
+                   help="declare a fact for the window records, e.g. --declare hardware=1xH100 --declare "
+                        "provider=acme --declare price_usd_h=2.10 (repeatable; signed into every message)")
     g.add_argument("--trust-validator", metavar="HOTKEY",
                    help="use this validator's checkpoints and aggregates to catch up (default: highest stake)")
     g.add_argument("--allow-local-cards", action="store_true",
@@ -90,6 +93,16 @@ def card_for(store, args):
     return BucketCard("s3", store.endpoint_url or "", store.bucket, store.region or "", read_key, read_secret)
 
 
+def _declared(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--declare {item!r}: use KEY=VALUE, e.g. --declare hardware=1xH100")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def setup_logging(quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
     if sys.stderr.isatty():
@@ -121,6 +134,7 @@ def run_peer(args: argparse.Namespace) -> int:
     opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card_for(store, args),
                        allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window,
                        trust_validator=args.trust_validator, export_hf=args.export_hf,
+                       declared=_declared(args.declare),
                        export_every=args.export_every, push_to_hub=args.push_to_hub)
     logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s", identity.hotkey, chain.url, store.url)
     Peer(cfg, identity, chain, store, opts).run_forever()

@@ -199,13 +199,14 @@ class Validator(Node):
         return rec is None or rec.banned_until < window
 
     def _record(self, window, result, why, applied, weights, uids, durations) -> dict:
-        hardware = {h: m.header.extra.get("hardware") for h, m in result.messages.items()
-                    if isinstance(m.header.extra.get("hardware"), (str, dict))}
+        declared = {h: {str(k)[:64]: str(v)[:256] for k, v in list(m.header.extra.get("declared").items())[:16]}
+                    for h, m in result.messages.items() if isinstance(m.header.extra.get("declared"), dict)
+                    and m.header.extra.get("declared")}
         return {"v": 1, "run": self.run_hash, "run_name": self.run, "window": window, "time": time.time(),
                 "model": {"preset": self.cfg.model.preset, "parameters": sum(p.numel() for p in self.params.values())},
                 "config": self.cfg.run_hash(), "fingerprint": fingerprint(self.params), "aggregated": applied,
                 "peers": {h: {k: v for k, v in why[h].items() if k != "window"} for h in sorted(why)},
-                "declared_hardware": hardware, "weights": {str(u): w for u, w in (weights or {}).items()},
+                "declared": declared, "weights": {str(u): w for u, w in (weights or {}).items()},
                 "durations": durations}
 
     def _commit_head(self, window: int) -> None:

@@ -36,6 +36,7 @@ def test_after_20_windows_every_adversary_weighs_less_than_every_honest_peer(tmp
     peers = {f"honest-{i}": Behaviour() for i in range(5)}
     peers.update({name: cls() for name, cls in BUILT_IN.items() if name != "honest"})
     net = build(tmp_path / "net", cfg, peers, data_dir)
+    net.peers["honest-0"].opts.declared = {"hardware": "2 CPU cores", "price_usd_h": "0"}
     records = run(net, 20)
     weights = weights_by_name(net, peers)
     honest = {n: w for n, w in weights.items() if n.startswith("honest")}
@@ -48,6 +49,8 @@ def test_after_20_windows_every_adversary_weighs_less_than_every_honest_peer(tmp
     assert {node_identity(cfg.seed, "copier").hotkey, node_identity(cfg.seed, "noisy-copier").hotkey} <= caught
     last = records[-1]["peers"][node_identity(cfg.seed, "honest-0").hotkey]
     assert {"ordinal", "ma", "sync", "penalty", "final", "status"} <= set(last)
+    assert records[-1]["declared"] == {node_identity(cfg.seed, "honest-0").hotkey: {"hardware": "2 CPU cores",
+                                                                                     "price_usd_h": "0"}}
     # every peer that kept in sync ends with the validator's weights
     fingerprints = {json.loads((tmp_path / f"net/peers/{n}/state/metrics.jsonl").read_text().splitlines()[-1])
                     ["fingerprint"] for n in peers if n != "stale"}

@@ -12,7 +12,8 @@ share a position, and ``index_add`` accumulates, for every pair at once:
 
 Cost: O(N log N + N · g) for N kept values in total and g the largest number of peers sharing a
 position (a few for independent peers; P only if everyone sent the same update). The reference
-compares chunk pairs element by element, O(P² · C · k²). Dense tensors are not compared (they are tiny and everyone sends them).
+compares chunk pairs element by element, O(P² · C · k²). Dense tensors are not compared (they are
+tiny and everyone sends them).
 """
 
 from __future__ import annotations
