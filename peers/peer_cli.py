@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 from pathlib import Path
 
 from gauntlet.errors import ConfigError
+from peers.cli_common import add_node_arguments, open_node
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,78 +18,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "everyone's updates, and applies the outer step. State is saved after every window; a restarted "
                     "or late peer catches up by itself.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("configuration")
-    g.add_argument("--config", metavar="FILE", help="TOML or JSON file with run and protocol settings")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override one setting, e.g. --set inner.steps=10 (repeatable)")
-    g = p.add_argument_group("identity (a bittensor wallet's hotkey, or a throwaway key for local networks)")
-    g.add_argument("--wallet.name", dest="wallet_name", help="bittensor wallet (coldkey) name")
-    g.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default", help="hotkey name in the wallet")
-    g.add_argument("--wallet.path", dest="wallet_path", help="wallets directory (default ~/.bittensor/wallets)")
-    g.add_argument("--identity-seed", help="derive a throwaway hotkey from this text (local networks only)")
-    g = p.add_argument_group("chain")
-    g.add_argument("--chain", help="chain URL: local:///path/chain.db[?block_time=S] or bittensor://NETWORK/NETUID; "
-                   "default: built from --subtensor.network and --netuid")
-    g.add_argument("--subtensor.network", dest="network", default="finney", help="bittensor network or ws:// URL")
-    g.add_argument("--netuid", type=int, help="subnet id (with --subtensor.network)")
-    g.add_argument("--register", action="store_true", help="register the hotkey (local:// chains only)")
-    g = p.add_argument_group("storage")
-    g.add_argument("--storage", required=True, help="where this peer writes: file:///dir or "
-                   "s3://bucket?endpoint_url=...&region=... (write credentials from the AWS environment or below)")
-    g.add_argument("--storage.access-key", dest="access_key", help="write access key id (default: $AWS_ACCESS_KEY_ID)")
-    g.add_argument("--storage.secret-key", dest="secret_key", help="write secret key (default: $AWS_SECRET_ACCESS_KEY)")
-    g.add_argument("--storage.read-access-key", dest="read_key",
-                   help="READ-ONLY key id published on chain for others (default: $GAUNTLET_READ_ACCESS_KEY)")
-    g.add_argument("--storage.read-secret-key", dest="read_secret",
-                   help="READ-ONLY secret published on chain (default: $GAUNTLET_READ_SECRET_KEY)")
+    groups = add_node_arguments(p, "peer")
+    g = groups["storage"]
     g.add_argument("--declare", action="append", default=[], metavar="KEY=VALUE",
                    help="declare a fact for the window records, e.g. --declare hardware=1xH100 --declare "
                         "provider=acme --declare price_usd_h=2.10 (repeatable; signed into every message)")
     g.add_argument("--trust-validator", metavar="HOTKEY",
                    help="use this validator's checkpoints and aggregates to catch up (default: highest stake)")
-    g.add_argument("--allow-local-cards", action="store_true",
-                   help="accept other peers' file:// and loopback buckets (local networks only)")
-    g = p.add_argument_group("running")
-    g.add_argument("--run-dir", type=Path, default=Path("runs/peer"), help="local state, metrics.jsonl")
-    g.add_argument("--data-dir", type=Path, help="prepared datasets cache (default ~/.cache/gauntlet/data)")
-    g.add_argument("--until-window", type=int, help="stop after applying this window (default: run forever)")
+    g = groups["running"]
     g.add_argument("--export-hf", type=Path, metavar="DIR",
                    help="write a Hugging Face save_pretrained export of the model here")
     g.add_argument("--export-every", type=int, default=0, metavar="N",
                    help="refresh the export every N windows (0: only when stopping at --until-window)")
     g.add_argument("--push-to-hub", metavar="REPO", help="push each export to this Hub repo (off by default; "
                    "needs network access and $HF_TOKEN)")
-    g.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.set_defaults(func=run_peer)
-
-
-def identity_from_args(args):
-    from gauntlet.identity import Identity
-
-    if args.identity_seed and args.wallet_name:
-        raise ConfigError("give either --wallet.name or --identity-seed, not both")
-    if args.identity_seed:
-        return Identity.from_seed(args.identity_seed)
-    if args.wallet_name:
-        try:
-            return Identity.from_wallet(args.wallet_name, args.wallet_hotkey, args.wallet_path)
-        except Exception as exc:  # the SDK raises several error types for missing or locked keys
-            raise ConfigError(
-                f"cannot load hotkey {args.wallet_hotkey!r} of wallet {args.wallet_name!r}: {exc}") from exc
-    raise ConfigError("no identity: pass --wallet.name/--wallet.hotkey (or --identity-seed on a local network)")
-
-
-def card_for(store, args):
-    from gauntlet.storage import BucketCard, FileStore
-
-    if isinstance(store, FileStore):
-        return BucketCard("file", str(store.root))
-    read_key = args.read_key or os.environ.get("GAUNTLET_READ_ACCESS_KEY")
-    read_secret = args.read_secret or os.environ.get("GAUNTLET_READ_SECRET_KEY")
-    if not read_key or not read_secret:
-        raise ConfigError("an s3:// store needs a read-only key to publish: --storage.read-access-key and "
-                          "--storage.read-secret-key (or $GAUNTLET_READ_ACCESS_KEY / $GAUNTLET_READ_SECRET_KEY)")
-    return BucketCard("s3", store.endpoint_url or "", store.bucket, store.region or "", read_key, read_secret)
 
 
 def _declared(items: list[str]) -> dict[str, str]:
@@ -103,39 +45,15 @@ def _declared(items: list[str]) -> dict[str, str]:
     return out
 
 
-def setup_logging(quiet: bool) -> None:
-    level = logging.WARNING if quiet else logging.INFO
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
-
-        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
-    else:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def run_peer(args: argparse.Namespace) -> int:
-    from gauntlet.chain import open_chain
-    from gauntlet.config import load_config
-    from gauntlet.storage import open_store
     from peers.peer import Peer, PeerOptions, default_data_dir
 
-    setup_logging(args.quiet)
-    cfg = load_config(args.config, args.overrides)
-    identity = identity_from_args(args)
-    if args.chain is None and args.netuid is None:
-        raise ConfigError("no chain: pass --chain URL, or --netuid (with --subtensor.network)")
-    chain = open_chain(args.chain or f"bittensor://{args.network}/{args.netuid}")
-    if args.register:
-        if not hasattr(chain, "register"):
-            raise ConfigError("--register works on local:// chains only; register on Bittensor with btcli")
-        chain.register(identity.hotkey)
-    store = open_store(args.storage, access_key=args.access_key or os.environ.get("AWS_ACCESS_KEY_ID"),
-                       secret_key=args.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"))
-    opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card_for(store, args),
+    declared = _declared(args.declare)
+    cfg, identity, chain, store, card = open_node(args, "peer")
+    opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
                        allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window,
                        trust_validator=args.trust_validator, export_hf=args.export_hf,
-                       declared=_declared(args.declare),
-                       export_every=args.export_every, push_to_hub=args.push_to_hub)
+                       declared=declared, export_every=args.export_every, push_to_hub=args.push_to_hub)
     logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s", identity.hotkey, chain.url, store.url)
     Peer(cfg, identity, chain, store, opts).run_forever()
     return 0

@@ -34,6 +34,39 @@ class LocalState:
     run: str
 
 
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to a temporary file beside ``path``, flush (and fsync), rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        if durable:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_state_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]] | None:
+    """(metadata, tensors) of a state file, None when it does not exist; StateError when unreadable."""
+    if not path.exists():
+        return None
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}, {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise StateError(f"cannot read {path}: {exc}; move it away to start from the network's state") from exc
+
+
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy ``model.*`` tensors into the model's parameters, refusing any mismatch."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            src = tensors.get(f"model.{name}")
+            if src is None or src.shape != p.shape:
+                raise StateError(f"{path} does not match this model (tensor {name})")
+            p.copy_(src)
+
+
 def save_state(run_dir: Path, state: LocalState, model: torch.nn.Module, ef: ErrorFeedback,
                optimizer: torch.optim.Optimizer, durable: bool = True) -> None:
     """``durable=False`` skips the fsync (simulations, where a power cut is not a concern)."""
@@ -45,37 +78,20 @@ def save_state(run_dir: Path, state: LocalState, model: torch.nn.Module, ef: Err
             tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     meta = {"window": str(state.window), "inner_step": str(state.inner_step), "run": state.run,
             "param_groups": json.dumps(opt["param_groups"])}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{STATE_FILE}.partial"
-    data = safetensors.torch.save(tensors, metadata=meta)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        if durable:
-            os.fsync(fh.fileno())
-    os.replace(tmp, run_dir / STATE_FILE)
+    write_atomic(run_dir / STATE_FILE, safetensors.torch.save(tensors, metadata=meta), durable)
 
 
 def load_state(run_dir: Path, model: torch.nn.Module, ef: ErrorFeedback,
                optimizer: torch.optim.Optimizer, run: str) -> LocalState | None:
     """Restore a saved state into the given objects; None when there is none."""
     path = run_dir / STATE_FILE
-    if not path.exists():
+    found = read_state_file(path)
+    if found is None:
         return None
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types
-        raise StateError(f"cannot read {path}: {exc}; move it away to start from the network's state") from exc
+    meta, tensors = found
     if meta.get("run") != run:
         raise StateError(f"{path} belongs to run {meta.get('run')!r}, not {run!r}; use another --run-dir")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            src = tensors.get(f"model.{name}")
-            if src is None or src.shape != p.shape:
-                raise StateError(f"{path} does not match this model (tensor {name})")
-            p.copy_(src)
+    load_weights(model, tensors, path)
     ef.load_state_dict({k: v for k, v in tensors.items() if k.startswith("ef.")})
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

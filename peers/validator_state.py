@@ -9,7 +9,6 @@ file, flushed and renamed, so a crash leaves the old or the new state.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import safetensors.torch
 import torch
 
 from gauntlet.rating.book import PeerRecord
-from peers.state import StateError
+from peers.state import StateError, load_weights, read_state_file, write_atomic
 
 FILE = "validator.safetensors"
 
@@ -38,32 +37,20 @@ def save(run_dir: Path, model: torch.nn.Module, book: ValidatorBook) -> None:
     meta = {"window": str(book.window), "records": json.dumps({h: r.to_json() for h, r in book.records.items()}),
             "sample": json.dumps(book.sample), "typical_step": repr(book.typical_step),
             "record_head": book.record_head, "listed": json.dumps(book.listed), "secret": book.secret}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{FILE}.partial"
-    with open(tmp, "wb") as fh:
-        fh.write(safetensors.torch.save(tensors, metadata=meta))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, run_dir / FILE)
+    write_atomic(run_dir / FILE, safetensors.torch.save(tensors, metadata=meta))
 
 
 def load(run_dir: Path, model: torch.nn.Module) -> ValidatorBook | None:
     path = run_dir / FILE
-    if not path.exists():
+    found = read_state_file(path)
+    if found is None:
         return None
+    meta, tensors = found
     try:
-        with safetensors.safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         records = {h: PeerRecord(**r) for h, r in json.loads(meta["records"]).items()}
         book = ValidatorBook(int(meta["window"]), records, json.loads(meta["sample"]), float(meta["typical_step"]),
                              meta["record_head"], json.loads(meta["listed"]), meta["secret"])
-    except Exception as exc:  # safetensors and JSON raise several types
+    except (KeyError, TypeError, ValueError) as exc:
         raise StateError(f"cannot read {path}: {exc}; move it away to start over") from exc
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            src = tensors.get(f"model.{name}")
-            if src is None or src.shape != p.shape:
-                raise StateError(f"{path} does not match this model (tensor {name})")
-            p.copy_(src)
+    load_weights(model, tensors, path)
     return book
