@@ -2,6 +2,7 @@
 
 Subcommands available in this version:
 
+- ``gauntlet simulate``: a whole network on this machine, then a report (``gauntlet simulate --help``).
 - ``gauntlet peer``: run a peer node (see ``gauntlet peer --help``).
 - ``gauntlet validate``: run a validator (see ``gauntlet validate --help``).
 - ``gauntlet inspect FILE``: decode and fully validate a peer message (the wire format), and show
@@ -88,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--max-bytes", type=int, default=1 << 30, help="refuse larger files (default 1 GiB)")
     ins.set_defaults(func=_inspect)
     from peers.peer_cli import add_parser as add_peer
+    from peers.simulate_cli import add_parser as add_simulate
     from peers.validator_cli import add_parser as add_validator
 
+    add_simulate(sub)
     add_peer(sub)
     add_validator(sub)
     return ap

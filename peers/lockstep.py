@@ -62,15 +62,17 @@ def node_identity(seed: int, name: str) -> Identity:
 
 
 def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], data_dir: Path,
-          block_time: float = 12.0) -> LockstepNetwork:
-    """Create (or reopen, after a crash) a lockstep network in ``out``: chain, stores, nodes."""
+          block_time: float = 12.0, identity=None) -> LockstepNetwork:
+    """Create (or reopen, after a crash) a lockstep network in ``out``: chain, stores, nodes.
+    ``identity(name)`` gives each node's key (default: derived from the seed and the name)."""
     out = Path(out)
     clock = VirtualClock()
     chain = LocalChain(out / "chain.db", clock="manual", block_time=block_time, now=clock)
     if chain.block() > 0:  # reopening: continue the virtual clock where the chain is
         clock.now = chain.timestamp(chain.block())
     cache: dict = {}
-    vid = node_identity(cfg.seed, "validator")
+    identity = identity or (lambda name: node_identity(cfg.seed, name))
+    vid = identity("validator")
     chain.register(vid.hotkey, stake=1000.0, validator_permit=True)
     vstore = FileStore(out / "validator" / "bucket", clock=clock)
     secret = hashlib.sha256(f"lockstep-eval|{cfg.seed}".encode()).digest()
@@ -79,7 +81,7 @@ def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], dat
         allow_local_cards=True, message_cache=cache), eval_secret=secret)
     net = LockstepNetwork(cfg, out, clock, chain, validator)
     for name, behaviour in peers.items():
-        ident = node_identity(cfg.seed, name)
+        ident = identity(name)
         chain.register(ident.hotkey)
         store = FileStore(out / "peers" / name / "bucket", clock=clock)
         net.peers[name] = Peer(cfg, ident, chain, store, PeerOptions(

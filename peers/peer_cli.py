@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--trust-validator", metavar="HOTKEY",
                    help="use this validator's checkpoints and aggregates to catch up (default: highest stake)")
     g = groups["running"]
+    g.add_argument("--behaviour", default="honest", metavar="SPEC",
+                   help="run an adversary instead of the honest peer: a built-in name or module:Class "
+                        "(simulations and research)")
     g.add_argument("--export-hf", type=Path, metavar="DIR",
                    help="write a Hugging Face save_pretrained export of the model here")
     g.add_argument("--export-every", type=int, default=0, metavar="N",
@@ -46,14 +49,19 @@ def _declared(items: list[str]) -> dict[str, str]:
 
 
 def run_peer(args: argparse.Namespace) -> int:
+    from peers.behaviours import load_behaviour
     from peers.peer import Peer, PeerOptions, default_data_dir
 
     declared = _declared(args.declare)
+    try:
+        behaviour = load_behaviour(args.behaviour)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     cfg, identity, chain, store, card = open_node(args, "peer")
     opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
                        allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window,
                        trust_validator=args.trust_validator, export_hf=args.export_hf,
                        declared=declared, export_every=args.export_every, push_to_hub=args.push_to_hub)
     logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s", identity.hotkey, chain.url, store.url)
-    Peer(cfg, identity, chain, store, opts).run_forever()
+    Peer(cfg, identity, chain, store, opts, behaviour).run_forever()
     return 0

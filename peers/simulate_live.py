@@ -1,0 +1,186 @@
+"""Live simulation: one OS process per node, wall-clock windows on an embedded local:// chain.
+
+Every node is started with the same command a user would run (``gauntlet peer`` / ``gauntlet
+validate``) and talks to the others only through the chain and the stores. The parent registers the
+throwaway hotkeys, optionally runs a loopback S3 server (``--storage embedded-s3``), watches the
+processes — a node that dies is reported, never waited for — and afterwards reads the validator's
+published window records, the chain's weights and the peers' metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gauntlet.chain.local import LocalChain
+from gauntlet.config import GauntletConfig
+from gauntlet.errors import ConfigError
+from gauntlet.storage import keys, open_store
+
+log = logging.getLogger("gauntlet.simulate")
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK_TIME = 1.0
+READ_KEY, READ_SECRET = "simulation-reader", "simulation-reader-secret"
+
+
+def _store_urls(scenario, names: list[str], s3_port: int | None) -> dict[str, str]:
+    out = scenario.out.resolve()
+    if s3_port is not None:
+        return {n: f"s3://gauntlet-{n}?endpoint_url=http://127.0.0.1:{s3_port}&region=us-east-1" for n in names}
+    if scenario.storage in (None, "file"):
+        return {n: f"file://{out}/nodes/{n}/bucket" for n in names}
+    if "{name}" not in scenario.storage:
+        raise ConfigError("a --storage URL for a live simulation needs a {name} placeholder, one bucket per node, "
+                          "e.g. 's3://sim-{name}?endpoint_url=http://127.0.0.1:9000'")
+    return {n: scenario.storage.replace("{name}", n) for n in names}
+
+
+def _command(role: str, name: str, scenario, cfg_file: Path, chain_url: str, store_url: str, data_dir: Path,
+             spec: str | None) -> list[str]:
+    out = scenario.out.resolve()
+    cmd = [sys.executable, "-m", "peers.cli", "validate" if role == "validator" else "peer",
+           "--identity-seed", f"simulate|{scenario.seed}|{name}", "--config", str(cfg_file), "--chain", chain_url,
+           "--storage", store_url, "--allow-local-cards", "--run-dir", str(out / "nodes" / name / "state"),
+           "--data-dir", str(data_dir), "--until-window", str(scenario.windows - 1),
+           "--storage.read-access-key", READ_KEY, "--storage.read-secret-key", READ_SECRET]
+    return cmd + (["--behaviour", spec] if spec else [])
+
+
+def run_live(scenario, progress):
+    from gauntlet.data import prepare
+    from gauntlet.models import build_model
+    from peers.node import default_data_dir
+
+    cfg: GauntletConfig = scenario.config_for()
+    out = scenario.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = (scenario.data_dir or default_data_dir()).resolve()
+    progress.phase("preparing data")
+    prepare(cfg.data, data_dir)
+    cfg_file = out / "config.json"
+    cfg_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+    chain_url = scenario.chain or f"local://{out}/chain.db?block_time={BLOCK_TIME}"
+    if not chain_url.startswith("local://"):
+        raise ConfigError("a live simulation registers throwaway keys, so it needs a local:// chain")
+    chain = LocalChain(chain_url.removeprefix("local://").split("?")[0], block_time=BLOCK_TIME)
+    nodes = {"validator": None, **scenario.nodes()}
+    for name in nodes:
+        chain.register(scenario.identity(name).hotkey, stake=1000.0 if name == "validator" else 0.0,
+                       validator_permit=name == "validator")
+
+    server, port = None, None
+    if scenario.storage == "embedded-s3":
+        import socket
+
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+    urls = _store_urls(scenario, list(nodes), port)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)}
+    if server is not None:
+        env.update(AWS_ACCESS_KEY_ID="simulation", AWS_SECRET_ACCESS_KEY="simulation", AWS_DEFAULT_REGION="us-east-1")
+        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
+        for url in urls.values():
+            open_store(url).create_bucket()
+    procs: dict[str, subprocess.Popen] = {}
+    logs = out / "nodes"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        for name, spec in nodes.items():
+            role = "validator" if name == "validator" else "peer"
+            cmd = _command(role, name, scenario, cfg_file, chain_url, urls[name], data_dir, spec)
+            procs[name] = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=open(logs / f"{name}.log", "wb"),
+                                           stderr=subprocess.STDOUT)
+        crashed = _watch(procs, chain, cfg, scenario, progress)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    for name, code in crashed.items():
+        log.warning("node %s stopped early (exit status %s); see %s", name, code, logs / f"{name}.log")
+    (out / "crashed.json").write_text(json.dumps(crashed))
+    views = _views(scenario, cfg, urls, chain)
+    if server is not None:
+        server.stop()
+    hotkeys = {n: scenario.identity(n).hotkey for n in scenario.nodes()}
+    sizes = []
+    for name, spec in scenario.nodes().items():
+        path = out / "nodes" / name / "state" / "metrics.jsonl"
+        if spec == "honest" and path.exists():
+            sizes += [json.loads(line).get("bytes_sent", 0) for line in path.read_text().splitlines()
+                      if json.loads(line).get("bytes_sent")]
+    model = build_model(cfg.model, 256, cfg.data.seq_len, seed=cfg.seed)
+    return views, hotkeys, sum(sizes) / len(sizes) if sizes else 0.0, sum(p.numel() for p in model.parameters())
+
+
+def _watch(procs, chain: LocalChain, cfg, scenario, progress) -> dict[str, int]:
+    """Wait for the validator to finish the last window; report nodes that die; bounded in time."""
+    window_s = cfg.timing.blocks_per_window * BLOCK_TIME
+    deadline = time.time() + 180 + (scenario.windows + 2) * window_s
+    crashed: dict[str, int] = {}
+    while time.time() < deadline:
+        for name, proc in procs.items():
+            code = proc.poll()
+            if code not in (None, 0) and name not in crashed:
+                crashed[name] = code
+        validator = procs["validator"]
+        if validator.poll() is not None:
+            break
+        progress.phase(f"{len(procs) - len(crashed)} nodes running",
+                       window=chain.block() // cfg.timing.blocks_per_window)
+        time.sleep(0.5)
+    else:
+        crashed.setdefault("validator", -1)
+        log.error("the validator did not finish within the time limit; stopping every node")
+    grace = time.time() + 2 * window_s  # peers apply the last window after the validator
+    while time.time() < grace and any(p.poll() is None for n, p in procs.items() if n not in crashed):
+        time.sleep(0.5)
+    for name, proc in procs.items():
+        code = proc.poll()
+        if code not in (None, 0):
+            crashed.setdefault(name, code)
+    return crashed
+
+
+def _views(scenario, cfg, urls, chain: LocalChain):
+    from peers.simulate import WindowView
+
+    vstore = open_store(urls["validator"], read_only=True)
+    names = {scenario.identity(n).hotkey: n for n in scenario.nodes()}
+    uid = {n.hotkey: n.uid for n in chain.metagraph()}
+    name_of_uid = {uid[h]: n for h, n in names.items()}
+    losses = {}
+    path = scenario.out.resolve() / "nodes" / "honest-0" / "state" / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            m = json.loads(line)
+            if "window" in m and "val_loss" in m:
+                losses[m["window"]] = m["val_loss"]
+    views, weights = [], {n: 0.0 for n in scenario.nodes()}
+    for window in range(scenario.windows):
+        try:
+            record = json.loads(vstore.get(keys.record(cfg.run_name, window)))
+        except Exception:  # a window the validator did not reach
+            continue
+        if record.get("weights"):
+            weights = {n: 0.0 for n in scenario.nodes()}
+            weights.update({name_of_uid[int(u)]: w for u, w in record["weights"].items() if int(u) in name_of_uid})
+        peers = {names[h]: f for h, f in record["peers"].items() if h in names}
+        views.append(WindowView(window, float(losses.get(window, float("nan"))), dict(weights), peers,
+                                {"validator_s": record.get("durations", {}).get("total_s", 0.0)}))
+    return views

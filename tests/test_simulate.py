@@ -1,0 +1,65 @@
+"""`gauntlet simulate`: a whole network on one machine, its summary and report."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from peers.cli import main
+
+pytestmark = pytest.mark.slow
+TESTS = Path(__file__).resolve().parent
+SUMMARY_KEYS = {"windows", "wall_s", "bytes_per_message", "loss", "honest_weight_share", "peers"}
+PEER_KEYS = {"name", "behaviour", "hotkey", "weight", "ordinal", "final_score", "flagged"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def simulate(out, data_dir, *extra):
+    args = ["simulate", "--out", str(out), "--data-dir", str(data_dir), "--quiet", *extra]
+    assert main(args) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_lockstep_run_with_a_custom_adversary_is_reported_and_reproducible(tmp_path, data_dir):
+    scenario = ["--honest", "3", "--adversary", "copier", "--adversary", "noise", "--adversary",
+                "custom_adversary:Zeroes", "--windows", "6", "--seed", "7"]
+    first = simulate(tmp_path / "a", data_dir, *scenario)
+    assert set(first) == SUMMARY_KEYS and all(set(p) == PEER_KEYS for p in first["peers"])
+    assert first["windows"] == 6 and len(first["loss"]) == 6 and first["loss"][-1] < first["loss"][0]
+    assert 0 < first["bytes_per_message"] < 200_000
+    by_name = {p["name"]: p for p in first["peers"]}
+    assert by_name["zeroes"]["behaviour"] == "custom_adversary:Zeroes"
+    honest = [p["weight"] for p in first["peers"] if p["behaviour"] == "honest"]
+    adversaries = [p["weight"] for p in first["peers"] if p["behaviour"] != "honest"]
+    assert max(adversaries) < min(honest) and first["honest_weight_share"] >= 0.9
+    assert by_name["copier"]["flagged"] and not any(by_name[f"honest-{i}"]["flagged"] for i in range(3))
+    for name in ("report.md", "loss.png", "weights.png", "ratings.png", "factors.png", "metrics.jsonl"):
+        assert (tmp_path / "a" / name).stat().st_size > 500, name
+    assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 6
+    second = simulate(tmp_path / "b", data_dir, *scenario)
+    first.pop("wall_s"), second.pop("wall_s")
+    assert first == second  # same seed, lockstep: identical apart from timings
+
+
+def test_bad_scenarios_are_explained(tmp_path, data_dir, capsys):
+    assert main(["simulate", "--out", str(tmp_path), "--adversary", "nonsense", "--quiet"]) == 1
+    assert "unknown behaviour" in capsys.readouterr().err
+    assert main(["simulate", "--out", str(tmp_path), "--storage", "embedded-s3", "--quiet", "--data-dir",
+                 str(data_dir), "--windows", "1"]) == 1
+    assert "--mode live" in capsys.readouterr().err
+
+
+def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    summary = simulate(tmp_path / "live", data_dir, "--mode", "live", "--honest", "2", "--adversary", "noise",
+                       "--adversary", "custom_adversary:Crasher", "--windows", "5")
+    crashed = json.loads((tmp_path / "live" / "crashed.json").read_text())
+    assert crashed == {"crasher": 3}
+    weights = {p["name"]: p["weight"] for p in summary["peers"]}
+    assert min(weights["honest-0"], weights["honest-1"]) > max(weights["noise"], weights["crasher"])
+    assert summary["honest_weight_share"] >= 0.9
