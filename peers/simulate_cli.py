@@ -114,7 +114,7 @@ def print_table(summary: dict, views) -> None:
         table.add_row(p["name"], p["behaviour"], f"{p['weight']:.4f}", f"{p['ordinal']:.2f}",
                       f"{p['final_score']:.3f}", "yes" if p["flagged"] else "no",
                       ", ".join(flagged_reasons(views, p["name"])) or "—")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
 
 
 def run_simulate(args: argparse.Namespace) -> int:
