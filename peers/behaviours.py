@@ -137,7 +137,7 @@ class LateUploader(Behaviour):
     """Trains honestly but uploads after the upload slot has closed."""
 
     name = "late"
-    upload_delay_s = 1e9  # replaced by the driver with "just after the slot"
+    upload_delay_s = float("inf")  # beyond the slot: nodes upload just after it closes
 
 
 class Malformed(Behaviour):

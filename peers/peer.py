@@ -251,8 +251,14 @@ class Peer(Node):
                 self.finish(nxt, result, {"trained": False})
                 nxt += 1
             elif nxt == current:
-                data, facts = self.make_message(nxt)
-                _sleep_until(self.window_start(nxt + 1) + self.behaviour.upload_delay_s)
+                boundary, t = self.window_start(nxt + 1), self.cfg.timing
+                if self.behaviour.waits_for_others:  # copiers: look at the others' uploads mid-slot
+                    _sleep_until(boundary + t.upload_slot_s / 2)
+                    data, facts = self.make_message(nxt)
+                else:
+                    data, facts = self.make_message(nxt)
+                    # a delay beyond the slot means "just after it closes"
+                    _sleep_until(boundary + min(self.behaviour.upload_delay_s, t.upload_slot_s + t.slot_grace_s + 1))
                 uploaded = self.upload(nxt, data)
                 _sleep_until(self.slot(nxt)[1])
                 result = self.apply(nxt)

@@ -1,7 +1,8 @@
 """Live simulation: one OS process per node, wall-clock windows on an embedded local:// chain.
 
 Every node is started with the same command a user would run (``gauntlet peer`` / ``gauntlet
-validate``) and talks to the others only through the chain and the stores. The parent registers the
+validate``) and talks to the others only through the chain and the stores. The chain's genesis is
+set 15 s + 3 s per node ahead, so that window 0 opens once the processes have started. The parent registers the
 throwaway hotkeys, optionally runs a loopback S3 server (``--storage embedded-s3``), watches the
 processes — a node that dies is reported, never waited for — and afterwards reads the validator's
 published window records, the chain's weights and the peers' metrics.
@@ -67,8 +68,10 @@ def run_live(scenario, progress):
     chain_url = scenario.chain or f"local://{out}/chain.db?block_time={BLOCK_TIME}"
     if not chain_url.startswith("local://"):
         raise ConfigError("a live simulation registers throwaway keys, so it needs a local:// chain")
-    chain = LocalChain(chain_url.removeprefix("local://").split("?")[0], block_time=BLOCK_TIME)
     nodes = {"validator": None, **scenario.nodes()}
+    boot_s = 15.0 + 3.0 * len(nodes)  # window 0 opens once every process has had time to start
+    chain = LocalChain(chain_url.removeprefix("local://").split("?")[0], block_time=BLOCK_TIME,
+                       genesis=time.time() + boot_s)
     for name in nodes:
         chain.register(scenario.identity(name).hotkey, stake=1000.0 if name == "validator" else 0.0,
                        validator_permit=name == "validator")
@@ -131,7 +134,7 @@ def run_live(scenario, progress):
 def _watch(procs, chain: LocalChain, cfg, scenario, progress) -> dict[str, int]:
     """Wait for the validator to finish the last window; report nodes that die; bounded in time."""
     window_s = cfg.timing.blocks_per_window * BLOCK_TIME
-    deadline = time.time() + 180 + (scenario.windows + 2) * window_s
+    deadline = chain.genesis + 120 + (scenario.windows + 2) * window_s
     crashed: dict[str, int] = {}
     while time.time() < deadline:
         for name, proc in procs.items():

@@ -146,3 +146,8 @@ def test_chain_rules_are_enforced(tmp_path):
 def test_bad_chain_urls_are_config_errors(url, fragment):
     with pytest.raises(ConfigError, match=fragment):
         open_chain(url)
+
+
+def test_a_future_genesis_holds_the_chain_at_block_zero(tmp_path):
+    chain = LocalChain(tmp_path / "c.db", block_time=0.05, genesis=time.time() + 60)
+    assert chain.block() == 0 and chain.timestamp(1) == pytest.approx(chain.genesis + 0.05)

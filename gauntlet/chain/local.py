@@ -1,6 +1,7 @@
 """The embedded chain: one SQLite file that any number of processes share.
 
-Blocks advance with wall-clock time (``clock=wall``: ``block = (now − genesis) / block_time``) or
+Blocks advance with wall-clock time (``clock=wall``: ``block = (now − genesis) / block_time``; a
+creator may set genesis in the future, e.g. to let nodes boot, and the chain stays at block 0 until then) or
 only when told to (``clock=manual``: :meth:`LocalChain.advance`, for deterministic simulations).
 The clock settings are fixed by whoever creates the file; later openers read them from it. The file
 runs in WAL mode, every write is one ``BEGIN IMMEDIATE`` transaction, and every read one snapshot,
@@ -37,7 +38,7 @@ CREATE TABLE IF NOT EXISTS block_times (block INTEGER PRIMARY KEY, time REAL NOT
 
 class LocalChain:
     def __init__(self, path: str | Path, *, block_time: float = 12.0, clock: str = "wall", netuid: int = 1,
-                 timeout: float = 30.0, now: Callable[[], float] = time.time) -> None:
+                 timeout: float = 30.0, now: Callable[[], float] = time.time, genesis: float | None = None) -> None:
         if clock not in ("wall", "manual"):
             raise ChainError(f"local chain clock must be 'wall' or 'manual', not {clock!r}")
         if block_time <= 0:
@@ -56,7 +57,8 @@ class LocalChain:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                defaults = {"genesis": repr(now()), "block_time": repr(block_time), "clock": clock, "block": "0"}
+                start = now() if genesis is None else genesis
+                defaults = {"genesis": repr(start), "block_time": repr(block_time), "clock": clock, "block": "0"}
                 for key, value in defaults.items():
                     db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
                 db.execute("INSERT OR IGNORE INTO block_times VALUES (0, ?)", (float(defaults["genesis"]),))
@@ -93,7 +95,7 @@ class LocalChain:
     def block(self) -> int:
         if self.clock == "manual":
             return int(self._read("SELECT value FROM meta WHERE key = 'block'")[0][0])
-        return int((time.time() - self.genesis) / self.block_time)
+        return max(0, int((time.time() - self.genesis) / self.block_time))  # block 0 until genesis
 
     def advance(self, blocks: int = 1) -> int:
         """Move a manual clock forward; returns the new block."""
