@@ -23,15 +23,21 @@ def _style(behaviour: str) -> dict:
     return {"linestyle": "-", "linewidth": 1.8} if behaviour == "honest" else {"linestyle": "--", "linewidth": 1.2}
 
 
-def plot_loss(views, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.plot([v.window for v in views], [v.val_loss for v in views], marker="o", color="tab:blue")
-    ax.set(xlabel="window", ylabel="validation loss (nats/token)", title="Validation loss of the shared model")
+def _save(fig, ax, path: Path, legend: bool) -> None:
     ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1))
     _integer_windows(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_loss(views, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot([v.window for v in views], [v.val_loss for v in views], marker="o", color="tab:blue")
+    ax.set(xlabel="window", ylabel="validation loss (nats/token)", title="Validation loss of the shared model")
+    _save(fig, ax, path, legend=False)
 
 
 def plot_weights(views, behaviours: dict[str, str], path: Path) -> None:
@@ -40,12 +46,7 @@ def plot_weights(views, behaviours: dict[str, str], path: Path) -> None:
     for name, spec in behaviours.items():
         ax.plot(windows, [v.weights.get(name, 0.0) for v in views], label=name, **_style(spec))
     ax.set(xlabel="window", ylabel="weight on chain", title="Weights set by the validator (solid: honest)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1))
-    _integer_windows(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, legend=True)
 
 
 def plot_ratings(views, behaviours: dict[str, str], path: Path) -> None:
@@ -58,12 +59,7 @@ def plot_ratings(views, behaviours: dict[str, str], path: Path) -> None:
         ax.fill_between(windows, [m - s for m, s in zip(mu, sigma)], [m + s for m, s in zip(mu, sigma)],
                         color=line.get_color(), alpha=0.08)
     ax.set(xlabel="window", ylabel="OpenSkill μ (band: ±σ)", title="Ratings with their uncertainty")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1))
-    _integer_windows(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, legend=True)
 
 
 FACTORS = [("ma", "moving average (uniqueness)"), ("sync", "sync score"), ("penalty", "penalty factor"),
