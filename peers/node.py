@@ -4,6 +4,7 @@ nodes' buckets, the trusted validator's artefacts, and the gather."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,12 @@ class NodeOptions:
     trust_validator: str | None = None  # whose checkpoints/aggregates/lists to use (default: highest stake)
     durable: bool = True  # fsync state files (simulations in one process may skip it)
     message_cache: dict | None = None  # decoded messages shared by the nodes of one process (lockstep)
+
+
+def sleep_until(when: float) -> None:
+    """Sleep until the wall-clock time ``when`` (in short steps, so Ctrl-C stays responsive)."""
+    while (left := when - time.time()) > 0:
+        time.sleep(min(left, 0.5))
 
 
 def default_data_dir() -> Path:
@@ -151,10 +158,11 @@ class Node:
             return None
 
     def gather(self, window: int, in_slot: bool = True, listed: PeerList | None = None,
-               use_list: bool = True) -> GatherResult:
+               use_list: bool = True, network: tuple | None = None) -> GatherResult:
         """Every committed peer's message; restricted to the validator's list (top-G and reserves)
-        when one is published for the window (``use_list``) or given (``listed``)."""
-        sources, registered, _ = self.network()
+        when one is published for the window (``use_list``) or given (``listed``). ``network``: a
+        :meth:`network` view the caller already read."""
+        sources, registered, _ = network or self.network()
         if listed is None and use_list and in_slot:
             listed = self.peer_list(window)
         if listed is not None and not (listed.peers or listed.reserves):

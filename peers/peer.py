@@ -38,7 +38,7 @@ from gauntlet.storage import ObjectStore, keys
 from gauntlet.uniqueness import assigned_indices
 from peers.behaviours import Behaviour, WindowContext
 from peers.gather import GatherResult
-from peers.node import Node, NodeOptions, default_data_dir  # noqa: F401  (default_data_dir: re-exported)
+from peers.node import Node, NodeOptions, default_data_dir, sleep_until  # noqa: F401  (default_data_dir: re-exported)
 from peers.state import LocalState, load_state, save_state
 from peers.training import InnerTrainer
 
@@ -246,29 +246,24 @@ class Peer(Node):
         while stop is None or nxt <= stop:
             current = self.current_window()
             if nxt < current:  # missed: apply without training
-                _sleep_until(self.slot(nxt)[1])
+                sleep_until(self.slot(nxt)[1])
                 result = self.apply(nxt, prefer_published=True)
                 self.finish(nxt, result, {"trained": False})
                 nxt += 1
             elif nxt == current:
                 boundary, t = self.window_start(nxt + 1), self.cfg.timing
                 if self.behaviour.waits_for_others:  # copiers: look at the others' uploads mid-slot
-                    _sleep_until(boundary + t.upload_slot_s / 2)
+                    sleep_until(boundary + t.upload_slot_s / 2)
                     data, facts = self.make_message(nxt)
                 else:
                     data, facts = self.make_message(nxt)
                     # a delay beyond the slot means "just after it closes"
-                    _sleep_until(boundary + min(self.behaviour.upload_delay_s, t.upload_slot_s + t.slot_grace_s + 1))
+                    sleep_until(boundary + min(self.behaviour.upload_delay_s, t.upload_slot_s + t.slot_grace_s + 1))
                 uploaded = self.upload(nxt, data)
-                _sleep_until(self.slot(nxt)[1])
+                sleep_until(self.slot(nxt)[1])
                 result = self.apply(nxt)
                 self.finish(nxt, result, {"trained": True, "uploaded": uploaded, **facts})
                 nxt += 1
             else:
-                _sleep_until(self.window_start(nxt))
+                sleep_until(self.window_start(nxt))
         self._metrics.close()
-
-
-def _sleep_until(when: float) -> None:
-    while (left := when - time.time()) > 0:
-        time.sleep(min(left, 0.5))

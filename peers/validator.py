@@ -38,8 +38,8 @@ from gauntlet.storage import BucketCard, ObjectStore, keys
 from gauntlet.uniqueness import copy_stats, find_copies, own_eval_indices
 from peers.artefacts import encode_artefact
 from peers.gather import GatherResult
-from peers.node import Node, NodeOptions
-from peers.peer_list import PeerList, encode_peer_list
+from peers.node import Node, NodeOptions, sleep_until
+from peers.peer_list import PeerList, encode_peer_list, select
 from peers.records import seal
 from peers.validator_state import ValidatorBook, load, save
 
@@ -55,9 +55,9 @@ class Validator(Node):
 
     # ------------------------------------------------------------------------------------ stage 1
 
-    def _steps_behind(self, result: GatherResult, window: int, reference: list[float]) -> dict[str, float]:
+    def _steps_behind(self, result: GatherResult, window: int, reference: list[float],
+                      sources: dict[str, ObjectStore]) -> dict[str, float]:
         """For each present peer, outer steps between its published weight sample and ours."""
-        sources, _, _ = self.network()
         out = {}
         for hotkey in result.messages:
             if self.book.records.get(hotkey) is None or window == 0:
@@ -118,13 +118,14 @@ class Validator(Node):
         """Everything the validator does for ``window``; call after its upload slot has closed."""
         t0 = time.time()
         v = self.cfg.validator
-        _, _, uids = self.network()
-        result = self.gather(window, use_list=False)  # stage 1 covers every committed peer
+        network = self.network()  # read once per window: on Bittensor each read is a round trip
+        sources, _, uids = network
+        result = self.gather(window, use_list=False, network=network)  # stage 1: every committed peer
         failed = {h: "missing" for h in result.missing}
         failed.update({h: "late" for h in result.outside_slot})
         failed.update({h: f"invalid: {why}" for h, why in result.invalid.items()})
         reference = weight_sample(self.params, v.weight_sample, seed=self.cfg.seed)
-        behind = self._steps_behind(result, window, reference)
+        behind = self._steps_behind(result, window, reference, sources)
 
         present = sorted(result.messages)
         stats = copy_stats([result.messages[h].tensors for h in present]) if len(present) > 1 else None
@@ -144,8 +145,6 @@ class Validator(Node):
 
         listed = self.book.listed if self.book.listed and self.book.listed["window"] == window else None
         if listed is not None:
-            from peers.peer_list import select
-
             members = select(PeerList(window, self.identity.hotkey, tuple(listed["peers"]),
                                       tuple(listed["reserves"])), result.messages, self.cfg.sparseloco.top_g)
         else:
@@ -227,13 +226,11 @@ class Validator(Node):
 
     def run_forever(self) -> None:
         """Evaluate each window once its slot has closed (until ``stop_after_window``)."""
-        from peers.peer import _sleep_until
-
         self.start()
         nxt = self.book.window + 1 if self.book.window >= 0 else max(0, self.current_window() - 1)
         stop = self.opts.stop_after_window
         while stop is None or nxt <= stop:
-            _sleep_until(self.slot(nxt)[1])
+            sleep_until(self.slot(nxt)[1])
             try:
                 self.evaluate_window(nxt)
             except InvalidMessage as exc:  # never crash on what peers send

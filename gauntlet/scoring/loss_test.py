@@ -47,15 +47,15 @@ def loss_test(model: torch.nn.Module, update: Mapping[str, torch.Tensor], scale:
 
 def weight_sample(params: Mapping[str, torch.Tensor], count: int, seed: int = 0) -> list[float]:
     """``count`` weights at positions fixed by ``seed`` (the same on every node): what peers publish
-    with their fingerprint so a validator can tell how far behind they are, not just that they differ."""
+    with their fingerprint so a validator can tell how far behind they are, not just that they differ.
+
+    Position i: h = first 8 bytes of sha256("gauntlet-sample|{seed}|{i}"); the tensor is picked in
+    proportion to tensor sizes by h / 2**64, the element within it is h mod its size."""
     names = sorted(params)
     sizes = torch.tensor([params[n].numel() for n in names], dtype=torch.float64)
-    out = []
-    for i in range(count):
-        h = int.from_bytes(hashlib.sha256(f"gauntlet-sample|{seed}|{i}".encode()).digest()[:8], "big")
-        target = (h / 2**64) * float(sizes.sum())
-        t = int(torch.searchsorted(sizes.cumsum(0), torch.tensor([target], dtype=torch.float64), right=True))
-        t = min(t, len(names) - 1)
-        flat = params[names[t]].detach().reshape(-1)
-        out.append(float(flat[h % flat.numel()]))
-    return out
+    hashes = [int.from_bytes(hashlib.sha256(f"gauntlet-sample|{seed}|{i}".encode()).digest()[:8], "big")
+              for i in range(count)]
+    targets = torch.tensor([h / 2**64 for h in hashes], dtype=torch.float64) * float(sizes.sum())
+    which = torch.searchsorted(sizes.cumsum(0), targets, right=True).clamp_(max=len(names) - 1).tolist()
+    flat = {n: params[n].detach().reshape(-1) for n in names}
+    return [float(flat[names[t]][h % flat[names[t]].numel()]) for t, h in zip(which, hashes)]
