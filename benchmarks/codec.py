@@ -9,23 +9,22 @@ Workload: the 2-D weights of a Llama-style model with hidden 1024, FFN 2816 and 
 - decode: validate 8 peers' messages from bytes (``decode_message`` with the model spec and the
   signature check), then aggregate them with median clipping (Mparam·peer/s).
 - bytes_per_param: size of one whole message (headers included) / parameters.
+
+On a machine with CUDA, ``--device auto`` (the default) also times both on the GPU (under "cuda";
+messages are decoded from bytes on the CPU, as a node does, then moved to the GPU to aggregate).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import RESULTS, finish, log, parser  # noqa: E402
 from gauntlet.config import SparseLoCoConfig  # noqa: E402
 from gauntlet.identity import Identity  # noqa: E402
 from gauntlet.sparseloco import ErrorFeedback, aggregate, decode_message, encode_message  # noqa: E402
@@ -40,16 +39,6 @@ def workload_shapes(hidden: int = 1024, ffn: int = 2816, layers: int = 8) -> dic
         shapes[f"layers.{i}.mlp.up.weight"] = (ffn, hidden)
         shapes[f"layers.{i}.mlp.down.weight"] = (hidden, ffn)
     return shapes
-
-
-def machine() -> str:
-    """CPU model and core count (GPU name when CUDA is present)."""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}"
 
 
 def run(peers: int, repeats: int, device: str, bits: int) -> dict:
@@ -87,7 +76,8 @@ def run(peers: int, repeats: int, device: str, bits: int) -> dict:
     for _ in range(repeats + 1):
         sync()
         t0 = time.perf_counter()
-        decoded = [decode_message(m, spec=shapes, expected_run="bench").tensors for m in messages]
+        decoded = [{n: ct.to(device) for n, ct in decode_message(m, spec=shapes, expected_run="bench").tensors.items()}
+                   for m in messages]
         agg = aggregate(decoded, combine="mean", clip_to_median=True)
         sync()
         decode_times.append(time.perf_counter() - t0)
@@ -107,30 +97,30 @@ def run(peers: int, repeats: int, device: str, bits: int) -> dict:
         "bytes_per_message": len(msg),
         "bytes_per_param": round(len(msg) / params, 5),
         "fp32_ratio": round(4 * params / len(msg), 1),
-        "threads": torch.get_num_threads(),
-        "machine": machine(),
-        "torch": torch.__version__,
-        "date": date.today().isoformat(),
     }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON line (default: pretty JSON)")
+    ap = parser(__doc__, "codec")
     ap.add_argument("--peers", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3, help="timed repetitions; the best is reported")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bits", type=int, default=2, choices=(2, 4, 8))
-    ap.add_argument("--device", default="cpu", help="cpu, or cuda when a GPU is present")
-    ap.add_argument("--save", type=Path, help="also write the result to this JSON file")
+    ap.add_argument("--device", default="auto",
+                    help="cpu, cuda, or auto: the CPU, and also CUDA when a GPU is present")
     args = ap.parse_args()
+    if args.bits != 2 and args.save == RESULTS / "codec.json":
+        args.save = RESULTS / f"codec_{args.bits}bit.json"
     torch.set_num_threads(args.threads)
-    result = run(args.peers, args.repeats, args.device, args.bits)
-    text = json.dumps(result) if args.json else json.dumps(result, indent=2)
-    print(text)
-    if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps(result, indent=2) + "\n")
+    devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else [args.device]
+    devices = ["cpu" if d == "auto" else d for d in devices]
+    runs = {}
+    for device in devices:
+        log(f"codec on {device}: {args.peers} peers, {args.bits}-bit")
+        runs[device] = run(args.peers, args.repeats, device, args.bits)
+    result = dict(runs[devices[0]])
+    if len(devices) > 1:  # the CPU figures at the top level, as before; the GPU's beside them
+        result["cuda"] = {k: v for k, v in runs["cuda"].items() if k not in ("benchmark", "params", "peers")}
+    finish(result, args)
 
 
 if __name__ == "__main__":

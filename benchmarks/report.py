@@ -1,0 +1,302 @@
+"""Regenerate the README's "Results" block and the plots from ``benchmarks/results/*.json``.
+
+    python benchmarks/report.py            # rewrite README.md between the results markers + PNGs
+    python benchmarks/report.py --print    # print the Markdown instead
+
+Nothing is measured here: every figure comes from a saved result, stamped with its machine and
+date. A benchmark whose JSON is missing is reported as not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- results:begin (python benchmarks/report.py) -->", "<!-- results:end -->"
+LABELS = {"ddp": "AdamW DDP (all-reduce every step)", "diloco": "DiLoCo (dense fp32 Δ, Nesterov)",
+          "sparseloco": "SparseLoCo (EF, 1.56 %, 2-bit)", "topk_no_ef": "top-k 1.56 %, 2-bit, no EF",
+          "dense_8bit": "8-bit dense Δ, Nesterov"}
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+def stamp(r: dict) -> str:
+    return f"{r.get('machine', 'unknown machine')}, {r.get('threads', '?')} threads, {r.get('date', 'undated')}"
+
+
+# ------------------------------------------------------------------------------------ convergence
+
+def convergence_claims(res: dict, hs: list[int]) -> list[str]:
+    """The literature's expected orderings, checked against the measurement (never assumed)."""
+    out = []
+
+    def cell(method: str, h: int) -> dict | None:
+        return res.get(method, {}).get(str(h))
+
+    for h in hs:
+        s, d, n = cell("sparseloco", h), cell("diloco", h), cell("topk_no_ef", h)
+        if s and d:
+            gap = s["final_loss_mean"] - d["final_loss_mean"]
+            noise = max(s["final_loss_std"], d["final_loss_std"])
+            verdict = ("holds" if gap <= 0 else "holds within noise (gap ≤ the larger std)" if gap <= noise
+                       else "does **not** hold at this scale")
+            out.append(f"H={h}: SparseLoCo ≤ DiLoCo {verdict}: {s['final_loss_mean']:.3f} ± {s['final_loss_std']:.3f} "
+                       f"vs {d['final_loss_mean']:.3f} ± {d['final_loss_std']:.3f} (gap {gap:+.3f}).")
+            ratio = d["bytes_per_outer_step"] / s["bytes_per_outer_step"]
+            out.append(f"H={h}: SparseLoCo sends {ratio:.0f}× fewer bytes than DiLoCo's fp32 Δ "
+                       f"({'≥' if ratio >= 100 else '<'} 100×).")
+        if s and n:
+            gap = n["final_loss_mean"] - s["final_loss_mean"]
+            clear = gap > 2 * max(s["final_loss_std"], n["final_loss_std"], 1e-9)
+            out.append(f"H={h}: error feedback on vs off: {s['final_loss_mean']:.3f} vs {n['final_loss_mean']:.3f} — "
+                       + ("EF clearly better" if clear else "EF better, but not clearly (within 2 std)" if gap > 0
+                          else "EF **not** better at this scale") + ".")
+    return out
+
+
+def convergence_section(r: dict) -> tuple[list[str], list[list[str]]]:
+    s, res, hs = r["setup"], r["results"], r["h"]
+    lines = [
+        f"Convergence (`python benchmarks/convergence.py`): {s['replicas']} replicas of the `{s['model']}` model "
+        f"({r['parameters'] / 1e6:.1f}M parameters) simulated in one process, each on its own shard of the offline "
+        f"corpus; {s['steps']} AdamW inner steps of {s['batch']} sequences per replica for every method "
+        f"({r['tokens_per_replica']:,} tokens per replica, the same batches for every method), peak lr {s['lr']}, "
+        f"validation loss on {s['eval_sequences']} held-out sequences. {stamp(r)}.",
+        "",
+        "| method | H | final validation loss | seeds | bytes / replica / outer step | vs DiLoCo |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for method in LABELS:
+        for h in hs:
+            c = res.get(method, {}).get(str(h))
+            if not c:
+                continue
+            d = res.get("diloco", {}).get(str(h))
+            rel = f"{d['bytes_per_outer_step'] / c['bytes_per_outer_step']:.3g}× fewer" if d else "—"
+            if method == "diloco":
+                rel = "1×"
+            elif d and c["bytes_per_outer_step"] > d["bytes_per_outer_step"]:
+                rel = f"{c['bytes_per_outer_step'] / d['bytes_per_outer_step']:.3g}× more"
+            lines.append(f"| {LABELS[method]} | {h} | {c['final_loss_mean']:.3f} ± {c['final_loss_std']:.3f} | "
+                         f"{len(c['seeds'])} | {human_bytes(c['bytes_per_outer_step'])} | {rel} |")
+            rows.append([method, h, c])
+    lines += ["", "Checked against the orderings the papers report:", ""]
+    lines += [f"- {claim}" for claim in convergence_claims(res, hs)]
+    lines += ["", "DDP has no outer step: its bytes are H fp32 gradients (what it sends while the others run H inner "
+              "steps), and its H rows are the same runs.", "", "![convergence](benchmarks/results/convergence.png)", ""]
+    return lines, rows
+
+
+def plot_convergence(r: dict) -> None:
+    res, hs = r["results"], r["h"]
+    fig, axes = plt.subplots(1, len(hs) + 1, figsize=(5 * (len(hs) + 1), 4))
+    for ax, h in zip(axes, hs):
+        for method, label in LABELS.items():
+            c = res.get(method, {}).get(str(h))
+            if c:
+                ax.plot(c["curve_steps"], c["curve_mean"], marker="o", ms=3, label=label)
+        ax.set(title=f"H = {h}", xlabel="inner steps per replica", ylabel="validation loss (mean over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    ax = axes[-1]
+    for method in LABELS:
+        for h, marker in zip(hs, "os^D"):
+            c = res.get(method, {}).get(str(h))
+            if c:
+                ax.errorbar(c["bytes_per_outer_step"] / h, c["final_loss_mean"], yerr=c["final_loss_std"],
+                            marker=marker, color=f"C{list(LABELS).index(method)}", ls="none",
+                            label=f"{method} H={h}")
+    ax.set(xscale="log", title="final loss vs bytes sent", xlabel="bytes per replica per inner step",
+           ylabel="final validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "convergence.png", dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------- other benchmarks
+
+def codec_section() -> list[str]:
+    rows = [(b, load("codec" if b == 2 else f"codec_{b}bit")) for b in (2, 4, 8)]
+    rows = [(b, r) for b, r in rows if r]
+    if not rows:
+        return ["Codec: not run (`python benchmarks/codec.py`).", ""]
+    r0 = rows[0][1]
+    lines = [f"Codec (`python benchmarks/codec.py [--bits 4|8]`): {r0['params'] / 1e6:.1f}M-parameter Llama-style "
+             f"workload, {r0['peers']} peers; encode = EF + top-k + quantise + signed message, decode = validate "
+             f"{r0['peers']} messages from bytes + aggregate. {stamp(r0)}.", "",
+             "| bits | device | encode Mparam/s | decode Mparam·peer/s | bytes/param | vs fp32 |",
+             "|---|---|---|---|---|---|"]
+    for b, r in rows:
+        for dev, x in [(r["device"], r)] + ([("cuda", r["cuda"])] if "cuda" in r else []):
+            lines.append(f"| {b} | {dev} | {x['encode_mparam_s']:,.0f} | {x['decode_mparam_peer_s']:,.0f} | "
+                         f"{x['bytes_per_param']:.5f} | {x['fp32_ratio']}× |")
+    lines.append("| 2 | reference implementation | ~56 | ~1,200 | 0.039 | ~103× |")
+    if not any("cuda" in r for _, r in rows):
+        lines += ["", "No CUDA figures: these results were measured without a GPU (the script adds them on one)."]
+    return lines + [""]
+
+
+def validator_section() -> list[str]:
+    rs = [r for r in (load("validator_tiny"), load("validator_small")) if r]
+    if not rs:
+        return ["Validator: not run (`python benchmarks/validator.py`).", ""]
+    counts = list(rs[-1]["copy_detection_s"])
+    lines = [f"Validator (`python benchmarks/validator.py --model tiny|small`): one peer's loss test against one "
+             f"forward pass of the eval batches; copy detection over P peers' messages. {stamp(rs[0])}.", "",
+             f"| model | parameters | forward | loss test | in forwards | copy detection, {' / '.join(counts)} peers "
+             f"| peak memory |", "|---|---|---|---|---|---|---|"]
+    for r in rs:
+        copies = " / ".join(f"{r['copy_detection_s'].get(c, float('nan')):.2f}" for c in counts)
+        lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f}M | {r['forward_s']:.3f} s | "
+                     f"{r['loss_test_s']:.3f} s | {r['eval_cost_forward_passes']} | {copies} s | "
+                     f"{r['peak_rss_mb']:,} MB |")
+    return lines + [""]
+
+
+def storage_section() -> list[str]:
+    r = load("storage")
+    if not r:
+        return ["Storage: not run (`python benchmarks/storage.py`).", ""]
+    lines = [f"Storage (`python benchmarks/storage.py`): {next(iter(r['shapes'].values()))['peers']} peers upload "
+             f"signed messages to their own buckets on {r['server']}; one node gathers and fully validates them, one "
+             f"after another, then with {r['workers']} threads. {stamp(r)}.", "",
+             "| shape | message | upload | gather, sequential | gather, concurrent | speed-up |",
+             "|---|---|---|---|---|---|"]
+    for name, x in r["shapes"].items():
+        lines.append(f"| {name} ({x['parameters'] / 1e6:.1f}M) | {human_bytes(x['message_bytes'])} | "
+                     f"{x['upload_s_per_message'] * 1000:.0f} ms/message ({x['upload_mb_s']} MB/s) | "
+                     f"{x['gather_sequential_s']:.2f} s ({x['gather_sequential_mb_s']} MB/s) | "
+                     f"{x['gather_concurrent_s']:.2f} s ({x['gather_concurrent_mb_s']} MB/s) | "
+                     f"{x['gather_speedup']}× |")
+    return lines + [""]
+
+
+def scaling_section() -> list[str]:
+    r = load("scaling")
+    if not r:
+        return ["Scaling: not run (`python benchmarks/scaling.py`).", ""]
+    res = r["results"]
+    lines = [f"Scaling (`python benchmarks/scaling.py`): lockstep simulations of P honest peers + 1 validator on "
+             f"`{r['model']}`, {r['windows']} windows each, all nodes in one process. Window budget "
+             f"{r['window_budget_s']:.0f} s. {stamp(r)}.", "",
+             "| peers | whole network, per window | per peer | validator per window | of which loss tests | "
+             "share of the window budget | peak memory |", "|---|---|---|---|---|---|---|"]
+    for p, x in res.items():
+        lines.append(f"| {p} | {x['window_s']:.1f} s | {x['window_s_per_peer']:.2f} s | {x['validator_s']:.1f} s "
+                     f"(max {x['validator_max_s']:.1f}) | {x['validator_loss_tests_s']:.1f} s | "
+                     f"{100 * x['validator_max_s'] / r['window_budget_s']:.0f} % | {x['peak_rss_mb']:,} MB |")
+    lines += ["", "![scaling](benchmarks/results/scaling.png)", ""]
+    return lines
+
+
+def plot_scaling(r: dict) -> None:
+    res = r["results"]
+    p = [int(k) for k in res]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(p, [res[str(k)]["window_s"] for k in p], marker="o", label="whole network (all nodes, one process)")
+    a.plot(p, [res[str(k)]["validator_s"] for k in p], marker="s", label="validator")
+    a.axhline(r["window_budget_s"], color="grey", ls="--", label="window budget")
+    a.set(xscale="log", yscale="log", xlabel="peers", ylabel="seconds per window", title="time per window")
+    a.set_xticks(p, [str(k) for k in p])
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    b.plot(p, [res[str(k)]["peak_rss_mb"] for k in p], marker="o")
+    b.set(xscale="log", xlabel="peers", ylabel="MB", title="peak memory of the simulation")
+    b.set_xticks(p, [str(k) for k in p])
+    b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scaling.png", dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------- assembly
+
+def glance(conv: dict | None) -> list[str]:
+    """The one summary table: the headline figure of every benchmark."""
+    lines = ["| benchmark | headline | result |", "|---|---|---|"]
+    if conv:
+        for h in conv["h"]:
+            s, d = conv["results"].get("sparseloco", {}).get(str(h)), conv["results"].get("diloco", {}).get(str(h))
+            if s and d:
+                lines.append(f"| convergence, H={h} | SparseLoCo vs DiLoCo final loss; bytes | "
+                             f"{s['final_loss_mean']:.3f} vs {d['final_loss_mean']:.3f}; "
+                             f"{d['bytes_per_outer_step'] / s['bytes_per_outer_step']:.0f}× fewer |")
+    if c := load("codec"):
+        lines.append(f"| codec | encode / decode throughput; size | {c['encode_mparam_s']:,.0f} Mparam/s / "
+                     f"{c['decode_mparam_peer_s']:,.0f} Mparam·peer/s; {c['fp32_ratio']}× smaller than fp32 |")
+    if v := load("validator_small"):
+        big = list(v["copy_detection_s"])[-1]
+        lines.append(f"| validator (small) | loss test of one peer; copy detection of {big} peers | "
+                     f"{v['eval_cost_forward_passes']} forward passes; {v['copy_detection_s'][big]:.2f} s |")
+    if st := load("storage"):
+        for name, x in st["shapes"].items():
+            lines.append(f"| storage ({name}) | gather of {x['peers']} messages, concurrent | "
+                         f"{x['gather_concurrent_s']:.2f} s ({x['gather_speedup']}× faster than one by one) |")
+    if sc := load("scaling"):
+        big = list(sc["results"])[-1]
+        x = sc["results"][big]
+        lines.append(f"| scaling | validator time per window at {big} peers | {x['validator_max_s']:.1f} s "
+                     f"(max) of a {sc['window_budget_s']:.0f} s window |")
+    return lines + [""]
+
+
+def render() -> str:
+    conv = load("convergence")
+    lines = [BEGIN, "", "Every figure below comes from `benchmarks/results/*.json` (each stamped with its machine and "
+             "date); `python benchmarks/report.py` rewrites this block and the plots.", ""]
+    lines += glance(conv)
+    if conv:
+        lines += convergence_section(conv)[0]
+        plot_convergence(conv)
+    else:
+        lines += ["Convergence: not run (`python benchmarks/convergence.py`).", ""]
+    lines += codec_section() + validator_section() + storage_section()
+    if sc := load("scaling"):
+        plot_scaling(sc)
+    lines += scaling_section()
+    return "\n".join(lines).rstrip() + "\n\n" + END
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--print", action="store_true", help="print the Markdown block instead of editing README.md")
+    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = ap.parse_args()
+    block = render()
+    if args.print:
+        print(block)
+        return
+    text = args.readme.read_text()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"{args.readme} has no results markers; add the lines\n{BEGIN}\n{END}\nwhere the block belongs")
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    args.readme.write_text(pattern.sub(lambda _: block, text, count=1))
+    print(f"updated {args.readme} and the plots in {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
