@@ -4,7 +4,8 @@ The chain runs a manual clock and the file stores stamp objects with the same vi
 upload slot, "too late" and "who uploaded first" mean exactly what they mean live — the very same
 :class:`~peers.peer.Peer` and :class:`~peers.validator.Validator` classes run, only nobody sleeps.
 Every node saves its state each window; :func:`build` on an existing directory resumes, and a window
-interrupted by a crash is simply run again (the chain is not advanced twice).
+interrupted by a crash is simply run again (the chain is not advanced twice): peers that had already
+finished it keep their result, and peers behind the validator first apply the windows they missed.
 
 One window ``w`` (virtual times relative to the boundary ``b = start(w+1)``):
 
@@ -98,9 +99,13 @@ def run_window(net: LockstepNetwork) -> dict:
     """Run the next window of the whole network; returns the validator's window record."""
     w, cfg, clock = net.window, net.cfg, net.clock
     bpw, slot = cfg.timing.blocks_per_window, cfg.timing.upload_slot_s
+    for _, peer in sorted(net.peers.items()):  # after a crash: windows the validator finished, this peer not
+        for missed in range(peer.window_done + 1, w):
+            peer.finish(missed, peer.apply(missed), {"trained": False})
+    todo = {n: p for n, p in net.peers.items() if p.window_done < w}  # the others finished w before a crash
     _advance_to(net, w * bpw)
-    early = {n: p for n, p in net.peers.items() if not p.behaviour.waits_for_others}
-    waiting = {n: p for n, p in net.peers.items() if p.behaviour.waits_for_others}
+    early = {n: p for n, p in todo.items() if not p.behaviour.waits_for_others}
+    waiting = {n: p for n, p in todo.items() if p.behaviour.waits_for_others}
     clock.now = net.chain.timestamp(w * bpw) + 1.0
     messages = {n: p.make_message(w) for n, p in early.items()}
     boundary = net.chain.timestamp(w * bpw) + bpw * net.block_time
@@ -117,7 +122,7 @@ def run_window(net: LockstepNetwork) -> dict:
         facts[name] = {**fact, "uploaded": peer.upload(w, data)}
     clock.now = late_at + 0.5
     record = net.validator.evaluate_window(w)
-    for name, peer in sorted(net.peers.items()):
+    for name, peer in sorted(todo.items()):
         peer.finish(w, peer.apply(w), {"trained": True, **facts[name]})
     net.window = w + 1
     return record
