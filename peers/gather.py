@@ -31,6 +31,8 @@ class GatherResult:
     outside_slot: dict[str, float] = field(default_factory=dict)  # hotkey -> last-modified time
     invalid: dict[str, str] = field(default_factory=dict)  # the peer's fault
     failed: dict[str, str] = field(default_factory=dict)  # the infrastructure's fault
+    list_unreadable: str | None = None  # the validator's peer list could not be read (infrastructure)
+    used_published: bool = False  # the validator's signed aggregate was applied instead of these messages
 
     def ordered(self) -> list[tuple[str, Message]]:
         """Valid messages in canonical (hotkey) order: the order every node aggregates in."""

@@ -4,6 +4,7 @@ nodes' buckets, the trusted validator's artefacts, and the gather."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
 from gauntlet.data import TokenDataset, prepare
-from gauntlet.errors import InvalidCommitment, InvalidMessage, ObjectNotFound, StorageError
+from gauntlet.errors import ChainError, InvalidCommitment, InvalidMessage, ObjectNotFound, StorageError
 from gauntlet.identity import Identity
 from gauntlet.models import build_model
 from gauntlet.storage import BucketCard, ObjectStore, keys, store_from_card
@@ -36,12 +37,6 @@ class NodeOptions:
     trust_validator: str | None = None  # whose checkpoints/aggregates/lists to use (default: highest stake)
     durable: bool = True  # fsync state files (simulations in one process may skip it)
     message_cache: dict | None = None  # decoded messages shared by the nodes of one process (lockstep)
-
-
-def sleep_until(when: float) -> None:
-    """Sleep until the wall-clock time ``when`` (in short steps, so Ctrl-C stays responsive)."""
-    while (left := when - time.time()) > 0:
-        time.sleep(min(left, 0.5))
 
 
 def default_data_dir() -> Path:
@@ -70,6 +65,39 @@ class Node:
         """When uploads for ``window`` count (server time)."""
         t, opening = self.cfg.timing, self.window_start(window + 1)
         return opening - t.slot_grace_s, opening + t.upload_slot_s + t.slot_grace_s
+
+    CHAIN_CHECK_S = 30.0  # during a long wait, how often the chain's clock is asked
+    RETRY_S = 2.0  # pause before retrying after the chain or a store failed
+
+    def wait_until(self, when: float) -> None:
+        """Sleep until ``when`` on the network's clock. The local clock paces the wait and the chain
+        has the last word: a local clock that jumped ahead cannot make the node act before the
+        chain's latest block is within one block of ``when``, and one that fell behind cannot keep it
+        waiting once the chain has passed ``when``. If the chain cannot be read, the local clock rules."""
+        last_check, warned = -math.inf, False
+        while True:
+            local = time.time()
+            if local >= when or time.monotonic() - last_check >= self.CHAIN_CHECK_S:
+                last_check = time.monotonic()
+                try:
+                    block = self.chain.block()
+                    chain_now = self.chain.timestamp(block)
+                    step = chain_now - self.chain.timestamp(block - 1) if block > 0 else 0.0
+                except ChainError as exc:
+                    if local >= when:
+                        log.warning("cannot read the chain's clock (%s); trusting the local clock", exc)
+                        return
+                    chain_now, step = -math.inf, 0.0
+                if chain_now >= when or (local >= when and chain_now + step >= when):
+                    return
+                if local >= when:
+                    if not warned:
+                        log.warning("the local clock is ahead of the chain's by about %.0f s; waiting for the chain",
+                                    local - chain_now - step)
+                        warned = True
+                    time.sleep(min(0.5, max(0.05, step / 4)))
+                    continue
+            time.sleep(min(0.5, max(0.0, when - local)))
 
     def current_window(self) -> int:
         return self.chain.block() // self.cfg.timing.blocks_per_window
@@ -144,7 +172,8 @@ class Node:
                                max_bytes=limit)
 
     def peer_list(self, window: int) -> PeerList | None:
-        """The trusted validator's list for ``window``, if it published one."""
+        """The trusted validator's list for ``window``, if it published one. Raises StorageError
+        when the validator's store cannot be read (the caller cannot know whether a list exists)."""
         source = self.validator_store()
         if source is None:
             return None
@@ -153,7 +182,7 @@ class Node:
             return decode_peer_list(data, run=self.run_hash, window=window, trusted={source[0]})
         except ObjectNotFound:
             return None
-        except (StorageError, InvalidMessage) as exc:
+        except InvalidMessage as exc:
             log.warning("window %d: unusable peer list from %s: %s", window, source[0][:12], exc)
             return None
 
@@ -163,8 +192,13 @@ class Node:
         when one is published for the window (``use_list``) or given (``listed``). ``network``: a
         :meth:`network` view the caller already read."""
         sources, registered, _ = network or self.network()
+        list_error = None
         if listed is None and use_list and in_slot:
-            listed = self.peer_list(window)
+            try:
+                listed = self.peer_list(window)
+            except StorageError as exc:
+                list_error = str(exc)
+                log.warning("window %d: cannot read the validator's peer list: %s", window, exc)
         if listed is not None and not (listed.peers or listed.reserves):
             listed = None  # an empty list names nobody: everyone's message counts
         if listed is not None:
@@ -173,6 +207,7 @@ class Node:
         result = gather(window, sources, run=self.run, run_hash=self.run_hash, registered=registered,
                         spec=self.spec, codec=self.cfg.sparseloco, slot=self.slot(window) if in_slot else None,
                         max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s, cache=self.opts.message_cache)
+        result.list_unreadable = list_error
         if listed is not None:
             keep = set(select(listed, result.messages, self.cfg.sparseloco.top_g))
             result.messages = {h: m for h, m in result.messages.items() if h in keep}

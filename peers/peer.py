@@ -29,7 +29,7 @@ import torch
 
 from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
-from gauntlet.errors import InvalidMessage, ObjectNotFound, StorageError
+from gauntlet.errors import ChainError, InvalidMessage, ObjectNotFound, StorageError
 from gauntlet.identity import Identity
 from gauntlet.models import mean_loss
 from gauntlet.scoring import weight_sample
@@ -38,7 +38,7 @@ from gauntlet.storage import ObjectStore, keys
 from gauntlet.uniqueness import assigned_indices
 from peers.behaviours import Behaviour, WindowContext
 from peers.gather import GatherResult
-from peers.node import Node, NodeOptions, default_data_dir, sleep_until  # noqa: F401  (default_data_dir: re-exported)
+from peers.node import Node, NodeOptions, default_data_dir  # noqa: F401  (default_data_dir: re-exported)
 from peers.state import LocalState, load_state, save_state
 from peers.training import InnerTrainer
 
@@ -54,6 +54,9 @@ class PeerOptions(NodeOptions):
 
 
 class Peer(Node):
+    GATHER_RETRIES = 2  # extra gathers when fetches fail for the infrastructure's fault
+    RETRY_BACKOFF_S = 0.5  # before the first extra gather; doubles
+
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: PeerOptions, behaviour: Behaviour | None = None) -> None:
         super().__init__(cfg, identity, chain, store, opts)
@@ -171,7 +174,20 @@ class Peer(Node):
             outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
             self.last_aggregate = agg
             return GatherResult(window)
-        result = self.gather(window)
+        result = self._gather_retrying(window)
+        if result.failed or result.list_unreadable:
+            # Our view of the window is incomplete for the infrastructure's fault: applying it would
+            # leave this peer out of sync. The validator's signed aggregate is what the network applied.
+            agg = self._await_published(window)
+            if agg is not None:
+                outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
+                self.last_aggregate = agg
+                result.used_published = True
+                log.info("window %d: applied the validator's aggregate (unreadable here: %s)", window,
+                         ", ".join(k[:12] for k in result.failed) or "the peer list")
+                return result
+            log.warning("window %d: %d messages unreadable and no validator aggregate; applying the %d read",
+                        window, len(result.failed), len(result.messages))
         ordered = result.ordered()
         if ordered:
             agg = aggregate([m.tensors for _, m in ordered], self.cfg.sparseloco.combine,
@@ -179,6 +195,35 @@ class Peer(Node):
             outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
             self.last_aggregate = agg
         return result
+
+    def _train_and_upload(self, window: int) -> dict:
+        boundary, t = self.window_start(window + 1), self.cfg.timing
+        if self.behaviour.waits_for_others:  # copiers: look at the others' uploads mid-slot
+            self.wait_until(boundary + t.upload_slot_s / 2)
+            data, facts = self.make_message(window)
+        else:
+            data, facts = self.make_message(window)
+            # a delay beyond the slot means "just after it closes"
+            self.wait_until(boundary + min(self.behaviour.upload_delay_s, t.upload_slot_s + t.slot_grace_s + 1))
+        return {"uploaded": self.upload(window, data), **facts}
+
+    def _gather_retrying(self, window: int) -> GatherResult:
+        """Gather; fetches that failed for the infrastructure's fault are tried again, a few times
+        with back-off (messages already validated come from the cache)."""
+        result = self.gather(window)
+        for attempt in range(self.GATHER_RETRIES):
+            if not (result.failed or result.list_unreadable):
+                break
+            time.sleep(self.RETRY_BACKOFF_S * 2**attempt)
+            result = self.gather(window)
+        return result
+
+    def _await_published(self, window: int) -> dict[str, torch.Tensor] | None:
+        """The validator's aggregate for ``window``, waiting up to ``timing.gather_timeout_s`` for it."""
+        deadline = time.monotonic() + self.cfg.timing.gather_timeout_s
+        while (agg := self.published_aggregate(window)) is None and time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        return agg
 
     def finish(self, window: int, result: GatherResult, facts: dict) -> None:
         fp = fingerprint(self.params)
@@ -196,6 +241,7 @@ class Peer(Node):
                 "fingerprint": fp, "ef_checksum": fingerprint(self.error_feedback.buffers)[:16],
                 "gathered": sorted(result.messages), "missing": result.missing,
                 "outside_slot": sorted(result.outside_slot), "invalid": result.invalid, "failed": result.failed,
+                "used_published_aggregate": result.used_published,
                 **facts}
         self._metrics.write(json.dumps(line) + "\n")
         self._metrics.flush()
@@ -239,31 +285,26 @@ class Peer(Node):
             self.load_checkpoint()
 
     def run_forever(self) -> None:
-        """Process windows as the chain advances (until ``stop_after_window``)."""
+        """Process windows as the chain advances (until ``stop_after_window``). When the chain or a
+        store fails, the step is retried; a window is trained at most once, and a window the peer
+        could not train in time is applied without training (catch-up), so no failure desyncs it."""
         self.start()
-        nxt = self.window_done + 1
+        nxt, trained = self.window_done + 1, None  # trained: (window, facts) once its message is out
         stop = self.opts.stop_after_window
         while stop is None or nxt <= stop:
-            current = self.current_window()
-            if nxt < current:  # missed: apply without training
-                sleep_until(self.slot(nxt)[1])
-                result = self.apply(nxt, prefer_published=True)
-                self.finish(nxt, result, {"trained": False})
+            try:
+                current = self.current_window()
+                if nxt > current:
+                    self.wait_until(self.window_start(nxt))
+                    continue
+                if nxt == current and (trained is None or trained[0] != nxt):
+                    trained = (nxt, self._train_and_upload(nxt))
+                self.wait_until(self.slot(nxt)[1])
+                did_train = trained is not None and trained[0] == nxt
+                result = self.apply(nxt, prefer_published=not did_train)
+                self.finish(nxt, result, {"trained": True, **trained[1]} if did_train else {"trained": False})
                 nxt += 1
-            elif nxt == current:
-                boundary, t = self.window_start(nxt + 1), self.cfg.timing
-                if self.behaviour.waits_for_others:  # copiers: look at the others' uploads mid-slot
-                    sleep_until(boundary + t.upload_slot_s / 2)
-                    data, facts = self.make_message(nxt)
-                else:
-                    data, facts = self.make_message(nxt)
-                    # a delay beyond the slot means "just after it closes"
-                    sleep_until(boundary + min(self.behaviour.upload_delay_s, t.upload_slot_s + t.slot_grace_s + 1))
-                uploaded = self.upload(nxt, data)
-                sleep_until(self.slot(nxt)[1])
-                result = self.apply(nxt)
-                self.finish(nxt, result, {"trained": True, "uploaded": uploaded, **facts})
-                nxt += 1
-            else:
-                sleep_until(self.window_start(nxt))
+            except (ChainError, StorageError) as exc:
+                log.warning("window %d: %s; retrying in %.0f s", nxt, exc, self.RETRY_S)
+                time.sleep(self.RETRY_S)
         self._metrics.close()

@@ -27,7 +27,7 @@ import time
 
 from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
-from gauntlet.errors import ChainError, InvalidMessage, StorageError
+from gauntlet.errors import ChainError, InvalidMessage, ObjectNotFound, ObjectTooLarge, StorageError
 from gauntlet.identity import Identity
 from gauntlet.models import mean_loss
 from gauntlet.rating import WindowOutcome, power_weights, tiered_weights, update_book
@@ -38,7 +38,7 @@ from gauntlet.storage import BucketCard, ObjectStore, keys
 from gauntlet.uniqueness import copy_stats, find_copies, own_eval_indices
 from peers.artefacts import encode_artefact
 from peers.gather import GatherResult
-from peers.node import Node, NodeOptions, sleep_until
+from peers.node import Node, NodeOptions
 from peers.peer_list import PeerList, encode_peer_list, select
 from peers.records import seal
 from peers.validator_state import ValidatorBook, load, save
@@ -66,8 +66,12 @@ class Validator(Node):
             try:
                 raw = json.loads(sources[hotkey].get(keys.fingerprint(self.run, window - 1, hotkey), max_bytes=1 << 20))
                 sample = [float(v) for v in raw["sample"]]
-            except (StorageError, KeyError, TypeError, ValueError):
+            except (ObjectNotFound, ObjectTooLarge, KeyError, TypeError, ValueError):
                 out[hotkey] = math.inf  # no usable sample: cannot show it is in sync
+                continue
+            except StorageError as exc:  # unreachable: the infrastructure's fault, not evidence against the peer
+                log.warning("window %d: cannot read the weight sample of %s: %s", window, hotkey[:12], exc)
+                out[hotkey] = math.nan
                 continue
             out[hotkey] = steps_behind(sample, reference, self.book.typical_step)
         return out
@@ -140,7 +144,7 @@ class Validator(Node):
         tests = self._loss_tests(window, result, chosen)
         t2 = time.time()
 
-        outcome = WindowOutcome(window, set(present), failed, behind, copies, tests)
+        outcome = WindowOutcome(window, set(present), failed, behind, copies, tests, unreachable=result.failed)
         self.book.records, why = update_book(self.book.records, outcome, v)
 
         listed = self.book.listed if self.book.listed and self.book.listed["window"] == window else None
@@ -230,10 +234,16 @@ class Validator(Node):
         nxt = self.book.window + 1 if self.book.window >= 0 else max(0, self.current_window() - 1)
         stop = self.opts.stop_after_window
         while stop is None or nxt <= stop:
-            sleep_until(self.slot(nxt)[1])
+            self.wait_until(self.slot(nxt)[1])
             try:
                 self.evaluate_window(nxt)
             except InvalidMessage as exc:  # never crash on what peers send
                 log.error("window %d: %s", nxt, exc)
+            except (ChainError, StorageError) as exc:
+                # nothing was scored or applied yet (the network is read first): evaluate the window
+                # again later — its messages keep their upload times, so the result is the same
+                log.error("window %d: %s; retrying in %.0f s", nxt, exc, self.RETRY_S)
+                time.sleep(self.RETRY_S)
+                continue
             nxt += 1
         self._scores.close()

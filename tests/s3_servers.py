@@ -54,12 +54,18 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 
 
 class FaultProxy:
-    """Forward HTTP to ``upstream_port``; ``fail_next(n, status)`` answers n requests itself."""
+    """Forward HTTP to ``upstream_port``, injecting faults: ``fail_next(n, status)`` answers n
+    requests itself; ``corrupt_next_get(n, mode)`` spoils the next n GETs: ``truncate`` (the full
+    Content-Length is announced, half the body sent, the connection closed), ``swap`` (the body of
+    ``swap_body`` served instead, with the requested object's headers) or ``delay:S`` (S seconds of
+    silence before the answer)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.requests: Counter[str] = Counter()
         self._faults: list[int] = []
+        self._get_faults: list[str] = []
+        self.swap_body = b"another object"
         self._lock = threading.Lock()
         proxy = self
 
@@ -75,6 +81,9 @@ class FaultProxy:
                 with proxy._lock:
                     proxy.requests[self.command] += 1
                     fault = proxy._faults.pop(0) if proxy._faults else None
+                    spoil = proxy._get_faults.pop(0) if self.command == "GET" and proxy._get_faults else None
+                if spoil and spoil.startswith("delay:"):
+                    time.sleep(float(spoil.split(":", 1)[1]))
                 if fault is not None:
                     payload = (f"<?xml version='1.0'?><Error><Code>Injected{fault}</Code>"
                                f"<Message>injected by the test proxy</Message></Error>").encode()
@@ -91,13 +100,20 @@ class FaultProxy:
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                length = resp.getheader("Content-Length") or str(len(data))
+                if spoil == "swap" and resp.status == 200:
+                    data, length = proxy.swap_body, str(len(proxy.swap_body))
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", resp.getheader("Content-Length") or str(len(data)))
+                self.send_header("Content-Length", length)
                 self.end_headers()
-                if self.command != "HEAD":
+                if spoil == "truncate" and resp.status == 200:
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
 
@@ -114,9 +130,14 @@ class FaultProxy:
         with self._lock:
             self._faults.extend([status] * count)
 
+    def corrupt_next_get(self, count: int, mode: str) -> None:
+        with self._lock:
+            self._get_faults.extend([mode] * count)
+
     def reset(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._get_faults.clear()
             self.requests.clear()
 
     def close(self) -> None:

@@ -18,6 +18,8 @@ Rules (documented choices where PROTOCOL is silent are marked *):
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -54,9 +56,10 @@ class WindowOutcome:
     window: int
     present: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)  # hotkey -> missing | late | invalid: reason
-    steps_behind: dict[str, float] = field(default_factory=dict)
+    steps_behind: dict[str, float] = field(default_factory=dict)  # NaN: unknown (its sample was unreadable)
     copies: Sequence[CopyFinding] = ()
     tests: Mapping[str, LossTest] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)  # the infrastructure's fault: never scored
 
 
 def fresh(cfg: ValidatorConfig) -> PeerRecord:
@@ -72,7 +75,10 @@ def update_book(book: Mapping[str, PeerRecord], outcome: WindowOutcome,
     for hotkey in sorted(set(book) | outcome.present | set(outcome.failed)):
         rec = new.get(hotkey) or replace(fresh(cfg), first_seen=w)
         note: dict = {"window": w}
-        if hotkey in outcome.present:
+        if hotkey in outcome.present and math.isnan(outcome.steps_behind.get(hotkey, 0.0)):
+            rec = replace(rec, last_seen=w)  # no evidence either way: sync and penalty stay as they were
+            note.update(status="present", steps_behind="unknown")
+        elif hotkey in outcome.present:
             x = outcome.steps_behind.get(hotkey, 0.0)
             sync = sync_score(x, cfg.sync_max_steps, cfg.sync_power)
             penalty = rec.penalty * cfg.penalty if x > cfg.sync_penalty_steps else min(1.0, rec.penalty / cfg.penalty)
@@ -81,6 +87,8 @@ def update_book(book: Mapping[str, PeerRecord], outcome: WindowOutcome,
         elif hotkey in outcome.failed:
             rec = replace(rec, penalty=rec.penalty * cfg.penalty)
             note.update(status=outcome.failed[hotkey])
+        elif hotkey in outcome.unreachable:
+            note.update(status=f"unreachable: {outcome.unreachable[hotkey]}")
         else:
             note.update(status="absent")
         if rec.last_seen < w - cfg.inactive_windows + 1 and rec.first_seen <= w - cfg.inactive_windows:

@@ -75,7 +75,7 @@ def parse_entry(name: str, raw: object) -> Entry:
     if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "data_offsets"}:
         raise InvalidMessage(f"entry {name!r} must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-    if dtype not in NAMES:
+    if not isinstance(dtype, str) or dtype not in NAMES:
         raise InvalidMessage(f"entry {name!r} has dtype {dtype!r}; expected one of {sorted(NAMES)}")
     ints = shape if isinstance(shape, list) else None
     if ints is None or len(ints) != 1 or not all(type(d) is int and d >= 0 for d in ints):

@@ -6,10 +6,17 @@ exponential back-off; client errors (4xx) are never retried — a 403 or 404 wil
 ``get`` asks HEAD for the size first and refuses an object over ``max_bytes`` before any of its
 body is transferred, then enforces the limit again while streaming (a server may lie). Uploads of
 ``multipart_threshold`` bytes or more go up in parts, each retried on its own.
+
+Integrity: every upload carries the SHA-256 of its bytes as user metadata (``x-amz-meta-sha256``)
+and every read checks it. Bytes that do not match — a body cut short or swapped for another
+object's by a proxy, cache or faulty server — are retried like any transient fault and end in a
+:class:`StorageError` (the infrastructure's fault), never in bytes handed to the decoder as if the
+sender had written them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,6 +29,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    FlexibleChecksumError,
     IncompleteReadError,
     ReadTimeoutError,
     ResponseStreamingError,
@@ -34,6 +42,7 @@ T = TypeVar("T")
 _TRANSIENT_NETWORK = (
     EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
     IncompleteReadError, ResponseStreamingError,
+    FlexibleChecksumError,  # the server's own checksum header disagrees with the body received
 )
 _TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 _STREAM_CHUNK = 1 << 20
@@ -122,11 +131,14 @@ class S3Store:
         if len(data) >= self.multipart_threshold:
             self._put_multipart(key, data)
             return
-        self._call(f"put {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data))
+        digest = hashlib.sha256(data).hexdigest()
+        self._call(f"put {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                                                 Metadata={"sha256": digest}))
 
     def _put_multipart(self, key: str, data: bytes) -> None:
         upload = self._call(f"start upload of {key}",
-                            lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=key))
+                            lambda: self.client.create_multipart_upload(
+                                Bucket=self.bucket, Key=key, Metadata={"sha256": hashlib.sha256(data).hexdigest()}))
         upload_id = upload["UploadId"]
         try:
             parts = []
@@ -169,6 +181,9 @@ class S3Store:
             finally:
                 body.close()
             data = b"".join(chunks)
+            expected = (response.get("Metadata") or {}).get("sha256")
+            if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+                raise _Transient(f"the bytes of {key} do not match their SHA-256 (cut short or swapped in transit)")
             return data, ObjectInfo(key, len(data), response["LastModified"].timestamp())
 
         return self._call(f"get {key}", fetch)

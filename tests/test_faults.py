@@ -1,0 +1,289 @@
+"""Injected faults: flaky storage, an unreachable chain, a jumping clock. Nodes retry, fall back or
+wait; nothing is corrupted, and no peer is scored for the infrastructure's fault."""
+
+import json
+import time
+import types
+import uuid
+
+import pytest
+
+from gauntlet.config import SparseLoCoConfig, load_config
+from gauntlet.data import prepare
+from gauntlet.errors import ChainError, ObjectNotFound, StorageError
+from gauntlet.identity import Identity
+from gauntlet.sparseloco import fingerprint
+from gauntlet.storage.s3_store import S3Store
+from peers.behaviours import Behaviour
+from peers.gather import gather
+from peers.lockstep import build, node_identity, run, run_window
+from peers.node import Node
+from peers.validator import Validator
+from wire_helpers import SHAPES, message
+
+# ------------------------------------------------------------------------------- storage over HTTP
+
+
+@pytest.fixture
+def flaky(fault_proxy):
+    """A bucket on moto, reached through the fault-injecting proxy; quick retries, short timeouts."""
+    bucket = f"f-{uuid.uuid4().hex[:12]}"
+    S3Store(bucket, endpoint_url=f"http://127.0.0.1:{fault_proxy.upstream_port}", region="us-east-1").create_bucket()
+    store = S3Store(bucket, endpoint_url=fault_proxy.url, region="us-east-1", read_timeout=0.5, max_attempts=3,
+                    backoff_s=0.01)
+    store.put("a/object", b"the right bytes" * 100)
+    store.put("b/object", b"somebody else's bytes")
+    fault_proxy.reset()
+    return store, fault_proxy
+
+
+@pytest.mark.parametrize("mode", ["truncate", "swap", "delay:1.5"])
+def test_a_spoiled_body_is_retried_and_the_right_bytes_come_back(flaky, mode):
+    store, proxy = flaky
+    proxy.corrupt_next_get(1, mode)
+    assert store.get("a/object") == b"the right bytes" * 100
+    assert proxy.requests["GET"] == 2  # the spoiled answer, then the good one
+
+
+@pytest.mark.parametrize("mode", ["truncate", "swap", "delay:1.5"])
+def test_a_body_spoiled_every_time_is_a_storage_error_never_wrong_bytes(flaky, mode):
+    store, proxy = flaky
+    proxy.swap_body = store.get("b/object")  # another object's real bytes
+    proxy.reset()
+    proxy.corrupt_next_get(3, mode)
+    with pytest.raises(StorageError) as caught:
+        store.get("a/object")
+    assert not isinstance(caught.value, ObjectNotFound)
+    assert proxy.requests["GET"] == 3
+
+
+def test_gather_blames_the_infrastructure_for_unreadable_messages_not_the_peer(flaky):
+    store, proxy = flaky
+    alice = Identity.from_seed("alice")
+    cfg = SparseLoCoConfig()
+    data, spec = message(cfg, alice, window=3, run="r"), SHAPES
+    from gauntlet.storage import keys
+
+    store.put(keys.message("r", 3, alice.hotkey), data)
+    for fault in (lambda: proxy.fail_next(10, 503), lambda: proxy.corrupt_next_get(10, "swap")):
+        proxy.reset()
+        fault()
+        result = gather(3, {alice.hotkey: store}, run="r", run_hash="r", registered={alice.hotkey}, spec=spec,
+                        codec=cfg, slot=None, max_bytes=1 << 24, timeout=30)
+        assert alice.hotkey in result.failed and not result.invalid and not result.missing
+    proxy.reset()
+    result = gather(3, {alice.hotkey: store}, run="r", run_hash="r", registered={alice.hotkey}, spec=spec,
+                    codec=cfg, slot=None, max_bytes=1 << 24, timeout=30)
+    assert alice.hotkey in result.messages
+
+
+# ------------------------------------------------------------------------------ nodes in lockstep
+
+SETTINGS = ["inner.steps=4", "train.batch_size=4", "data.seq_len=64", "inner.warmup_steps=2", "inner.lr=3e-3",
+            "timing.blocks_per_window=10", "timing.upload_slot_s=20", "model.device=cpu", "train.eval_batches=1",
+            "validator.checkpoint_every=5", "validator.eval_peers=3"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    prepare(load_config(overrides=SETTINGS).data, path)
+    return path
+
+
+class Unreadable:
+    """A store whose reads fail like a dead link (writes untouched); ``broken`` switches it."""
+
+    def __init__(self, inner, broken=True, keys_containing=""):
+        self.inner, self.broken, self.keys_containing = inner, broken, keys_containing
+
+    def _check(self, key):
+        if self.broken and self.keys_containing in key:
+            raise StorageError(f"get {key}: connection timed out (injected)")
+
+    def get(self, key, max_bytes=None):
+        self._check(key)
+        return self.inner.get(key, max_bytes)
+
+    def read(self, key, max_bytes=None):
+        self._check(key)
+        return self.inner.read(key, max_bytes)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def break_view(node, hotkey, **kw):
+    """Make ``node``'s reads of ``hotkey``'s bucket fail."""
+    card = node.chain.commitments()[hotkey].data
+    node.network()  # fill the cache of stores
+    node._sources[card] = Unreadable(node._sources[card], **kw)
+    return node._sources[card]
+
+
+def honest(n):
+    return {f"honest-{i}": Behaviour() for i in range(n)}
+
+
+def test_a_validator_that_cannot_read_a_peer_neither_scores_nor_penalises_it(tmp_path, data_dir):
+    cfg = load_config(overrides=SETTINGS)
+    net = build(tmp_path / "net", cfg, honest(3), data_dir)
+    run(net, 2)
+    victim = node_identity(cfg.seed, "honest-1").hotkey
+    before = net.validator.book.records[victim]
+    link = break_view(net.validator, victim)
+    record = run_window(net)  # window 2: the validator's link to honest-1 is down
+    assert record["peers"][victim]["status"].startswith("unreachable")
+    after = net.validator.book.records[victim]
+    assert (after.penalty, after.ma, after.mu, after.sigma, after.sync) == (before.penalty, before.ma, before.mu,
+                                                                          before.sigma, before.sync)
+    link.broken = False
+    record = run_window(net)  # window 3: back to normal
+    assert record["peers"][victim]["status"] == "present"
+    # the peers applied the validator's aggregate when their view differed? No: they read honest-1
+    # fine, so they aggregated 3 messages while the validator aggregated 2 — the validator must
+    # then see them all as slightly off, never as out of sync enough for a penalty
+    assert all(r.penalty == 1.0 for r in net.validator.book.records.values())
+
+
+def test_an_unreadable_weight_sample_is_no_evidence_against_the_peer(tmp_path, data_dir):
+    cfg = load_config(overrides=SETTINGS)
+    net = build(tmp_path / "net", cfg, honest(3), data_dir)
+    run(net, 2)
+    victim = node_identity(cfg.seed, "honest-2").hotkey
+    before = net.validator.book.records[victim]
+    break_view(net.validator, victim, keys_containing="fingerprints")
+    record = run_window(net)
+    assert record["peers"][victim]["steps_behind"] == "unknown"
+    after = net.validator.book.records[victim]
+    assert (after.penalty, after.sync) == (before.penalty, before.sync)
+
+
+def test_a_peer_that_cannot_read_a_message_applies_the_validators_aggregate_and_stays_in_sync(tmp_path,
+                                                                                             data_dir):
+    cfg = load_config(overrides=SETTINGS)
+    net = build(tmp_path / "net", cfg, honest(3), data_dir)
+    run(net, 2)
+    peer = net.peers["honest-0"]
+    peer.RETRY_BACKOFF_S = 0.0
+    break_view(peer, node_identity(cfg.seed, "honest-2").hotkey)
+    record = run_window(net)
+    line = json.loads((tmp_path / "net/peers/honest-0/state/metrics.jsonl").read_text().splitlines()[-1])
+    assert line["window"] == 2 and line["used_published_aggregate"]
+    assert node_identity(cfg.seed, "honest-2").hotkey in line["failed"]
+    assert fingerprint(peer.params) == record["fingerprint"] == fingerprint(net.validator.params)
+
+
+# ------------------------------------------------------------------------------------------ chain
+
+class FlakyChain:
+    """Wraps a chain; the first ``failures`` reads of the metagraph raise ChainError."""
+
+    def __init__(self, inner, failures):
+        self.inner, self.failures = inner, failures
+
+    def metagraph(self):
+        if self.failures:
+            self.failures -= 1
+            raise ChainError("ws://chain: connection refused (injected)")
+        return self.inner.metagraph()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_window_the_chain_fails_is_evaluated_again_with_the_same_result(tmp_path, data_dir):
+    cfg = load_config(overrides=SETTINGS + ["validator.weights_every=1"])
+    straight = build(tmp_path / "a", cfg, honest(3), data_dir)
+    run(straight, 3)
+    flaky = build(tmp_path / "b", cfg, honest(3), data_dir)
+    run(flaky, 2)
+    chain = flaky.validator.chain
+    flaky.validator.chain = FlakyChain(chain, failures=1)
+    book = dict(flaky.validator.book.records)
+    with pytest.raises(ChainError):
+        flaky.validator.evaluate_window(2)
+    assert flaky.validator.book.records == book  # nothing scored, applied or published before the failure
+    run(flaky, 1)
+    assert flaky.validator.book.records == straight.validator.book.records
+    assert chain.weights() == straight.chain.weights()
+
+
+def test_the_validator_loop_retries_a_window_until_the_chain_answers(monkeypatch):
+    calls = []
+
+    def evaluate(window):
+        calls.append(window)
+        if len(calls) <= 2:
+            raise ChainError("unreachable (injected)")
+
+    node = types.SimpleNamespace(
+        start=lambda: None, book=types.SimpleNamespace(window=4), opts=types.SimpleNamespace(stop_after_window=6),
+        wait_until=lambda when: None, slot=lambda w: (0.0, 0.0), evaluate_window=evaluate, RETRY_S=0.0,
+        _scores=types.SimpleNamespace(close=lambda: None), current_window=lambda: 5)
+    Validator.run_forever(node)
+    assert calls == [5, 5, 5, 6]
+
+
+# ------------------------------------------------------------------------------------------ clock
+
+class WallChain:
+    """A chain whose blocks follow the real clock (``block_time`` apart), whatever time.time says."""
+
+    def __init__(self, real, block_time=0.1, fail=False):
+        self.real, self.block_time, self.fail, self.genesis = real, block_time, fail, real()
+
+    def block(self):
+        if self.fail:
+            raise ChainError("unreachable (injected)")
+        return int((self.real() - self.genesis) / self.block_time)
+
+    def timestamp(self, block):
+        return self.genesis + block * self.block_time
+
+
+@pytest.mark.parametrize("jump", [+100.0, -100.0])
+def test_a_local_clock_that_jumps_neither_hurries_nor_delays_the_node(monkeypatch, jump):
+    real = time.time
+    node = types.SimpleNamespace(chain=WallChain(real), CHAIN_CHECK_S=0.2)
+    monkeypatch.setattr("peers.node.time.time", lambda: real() + jump)
+    when = real() + 0.8
+    Node.wait_until(node, when)
+    assert real() >= when - 0.1 - 1e-3  # not before the chain's block reached it (one block of slack)
+    assert real() < when + 1.0  # and not a hundred seconds late
+
+
+def test_without_the_chain_the_local_clock_decides(monkeypatch):
+    real = time.time
+    node = types.SimpleNamespace(chain=WallChain(real, fail=True), CHAIN_CHECK_S=0.2)
+    t0 = real()
+    Node.wait_until(node, t0 + 0.3)
+    assert 0.3 <= real() - t0 < 1.5
+
+
+def test_the_peer_loop_retries_without_training_a_window_twice():
+    from peers.peer import Peer
+
+    events, failures = [], {"block": 1, "apply": 1}
+
+    def current_window():
+        if failures["block"]:
+            failures["block"] -= 1
+            raise ChainError("unreachable (injected)")
+        return 3
+
+    def apply(window, prefer_published=False):
+        if failures["apply"]:
+            failures["apply"] -= 1
+            raise StorageError("timed out (injected)")
+        events.append(("apply", window, prefer_published))
+        return "result"
+
+    node = types.SimpleNamespace(
+        start=lambda: None, window_done=2, opts=types.SimpleNamespace(stop_after_window=3),
+        current_window=current_window, wait_until=lambda when: None, window_start=lambda w: 0.0,
+        slot=lambda w: (0.0, 0.0), _train_and_upload=lambda w: events.append(("train", w)) or {"uploaded": True},
+        apply=apply, finish=lambda w, r, facts: events.append(("finish", w, facts["trained"])), RETRY_S=0.0,
+        _metrics=types.SimpleNamespace(close=lambda: None))
+    Peer.run_forever(node)
+    assert events == [("train", 3), ("apply", 3, False), ("finish", 3, True)]
