@@ -1,7 +1,7 @@
 """Regenerate the README's "Results" block and the plots from ``benchmarks/results/*.json``.
 
     python benchmarks/report.py            # rewrite README.md between the results markers + PNGs
-    python benchmarks/report.py --print    # print the Markdown instead
+    python benchmarks/report.py --print    # print the Markdown only (no files written)
 
 Nothing is measured here: every figure comes from a saved result, stamped with its machine and
 date. A benchmark whose JSON is missing is reported as not run.
@@ -264,18 +264,19 @@ def glance(conv: dict | None) -> list[str]:
     return lines + [""]
 
 
-def render() -> str:
+def render(plots: bool = True) -> str:
     conv = load("convergence")
     lines = [BEGIN, "", "Every figure below comes from `benchmarks/results/*.json` (each stamped with its machine and "
              "date); `python benchmarks/report.py` rewrites this block and the plots.", ""]
     lines += glance(conv)
     if conv:
         lines += convergence_section(conv)[0]
-        plot_convergence(conv)
+        if plots:
+            plot_convergence(conv)
     else:
         lines += ["Convergence: not run (`python benchmarks/convergence.py`).", ""]
     lines += codec_section() + validator_section() + storage_section()
-    if sc := load("scaling"):
+    if plots and (sc := load("scaling")):
         plot_scaling(sc)
     lines += scaling_section()
     return "\n".join(lines).rstrip() + "\n\n" + END
@@ -283,10 +284,11 @@ def render() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--print", action="store_true", help="print the Markdown block instead of editing README.md")
+    ap.add_argument("--print", action="store_true",
+                    help="print the Markdown block; edit neither README.md nor the plots")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = ap.parse_args()
-    block = render()
+    block = render(plots=not args.print)
     if args.print:
         print(block)
         return
