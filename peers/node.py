@@ -66,6 +66,8 @@ class Node:
         t, opening = self.cfg.timing, self.window_start(window + 1)
         return opening - t.slot_grace_s, opening + t.upload_slot_s + t.slot_grace_s
 
+    GATHER_RETRIES = 2  # extra gathers when fetches fail for the infrastructure's fault
+    RETRY_BACKOFF_S = 0.5  # before the first extra gather; doubles
     CHAIN_CHECK_S = 30.0  # during a long wait, how often the chain's clock is asked
     RETRY_S = 2.0  # pause before retrying after the chain or a store failed
 
@@ -211,4 +213,15 @@ class Node:
         if listed is not None:
             keep = set(select(listed, result.messages, self.cfg.sparseloco.top_g))
             result.messages = {h: m for h, m in result.messages.items() if h in keep}
+        return result
+
+    def gather_retrying(self, window: int, **kwargs) -> GatherResult:
+        """:meth:`gather`, again (up to ``GATHER_RETRIES`` times, with back-off) while fetches fail
+        for the infrastructure's fault; messages already validated come from the cache."""
+        result = self.gather(window, **kwargs)
+        for attempt in range(self.GATHER_RETRIES):
+            if not (result.failed or result.list_unreadable):
+                break
+            time.sleep(self.RETRY_BACKOFF_S * 2**attempt)
+            result = self.gather(window, **kwargs)
         return result

@@ -54,9 +54,6 @@ class PeerOptions(NodeOptions):
 
 
 class Peer(Node):
-    GATHER_RETRIES = 2  # extra gathers when fetches fail for the infrastructure's fault
-    RETRY_BACKOFF_S = 0.5  # before the first extra gather; doubles
-
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: PeerOptions, behaviour: Behaviour | None = None) -> None:
         super().__init__(cfg, identity, chain, store, opts)
@@ -174,7 +171,7 @@ class Peer(Node):
             outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
             self.last_aggregate = agg
             return GatherResult(window)
-        result = self._gather_retrying(window)
+        result = self.gather_retrying(window)
         if result.failed or result.list_unreadable:
             # Our view of the window is incomplete for the infrastructure's fault: applying it would
             # leave this peer out of sync. The validator's signed aggregate is what the network applied.
@@ -206,17 +203,6 @@ class Peer(Node):
             # a delay beyond the slot means "just after it closes"
             self.wait_until(boundary + min(self.behaviour.upload_delay_s, t.upload_slot_s + t.slot_grace_s + 1))
         return {"uploaded": self.upload(window, data), **facts}
-
-    def _gather_retrying(self, window: int) -> GatherResult:
-        """Gather; fetches that failed for the infrastructure's fault are tried again, a few times
-        with back-off (messages already validated come from the cache)."""
-        result = self.gather(window)
-        for attempt in range(self.GATHER_RETRIES):
-            if not (result.failed or result.list_unreadable):
-                break
-            time.sleep(self.RETRY_BACKOFF_S * 2**attempt)
-            result = self.gather(window)
-        return result
 
     def _await_published(self, window: int) -> dict[str, torch.Tensor] | None:
         """The validator's aggregate for ``window``, waiting up to ``timing.gather_timeout_s`` for it."""

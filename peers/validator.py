@@ -124,7 +124,7 @@ class Validator(Node):
         v = self.cfg.validator
         network = self.network()  # read once per window: on Bittensor each read is a round trip
         sources, _, uids = network
-        result = self.gather(window, use_list=False, network=network)  # stage 1: every committed peer
+        result = self.gather_retrying(window, use_list=False, network=network)  # stage 1: every committed peer
         failed = {h: "missing" for h in result.missing}
         failed.update({h: "late" for h in result.outside_slot})
         failed.update({h: f"invalid: {why}" for h, why in result.invalid.items()})

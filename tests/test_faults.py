@@ -128,35 +128,29 @@ def honest(n):
 def test_a_validator_that_cannot_read_a_peer_neither_scores_nor_penalises_it(tmp_path, data_dir):
     cfg = load_config(overrides=SETTINGS)
     net = build(tmp_path / "net", cfg, honest(3), data_dir)
+    net.validator.RETRY_BACKOFF_S = 0.0
     run(net, 2)
     victim = node_identity(cfg.seed, "honest-1").hotkey
     before = net.validator.book.records[victim]
     link = break_view(net.validator, victim)
-    record = run_window(net)  # window 2: the validator's link to honest-1 is down
+    record = run_window(net)  # window 2: the validator's link to honest-1 is down (every retry too)
     assert record["peers"][victim]["status"].startswith("unreachable")
     after = net.validator.book.records[victim]
     assert (after.penalty, after.ma, after.mu, after.sigma, after.sync) == (before.penalty, before.ma, before.mu,
                                                                           before.sigma, before.sync)
     link.broken = False
-    record = run_window(net)  # window 3: back to normal
-    assert record["peers"][victim]["status"] == "present"
-    # the peers applied the validator's aggregate when their view differed? No: they read honest-1
-    # fine, so they aggregated 3 messages while the validator aggregated 2 — the validator must
-    # then see them all as slightly off, never as out of sync enough for a penalty
-    assert all(r.penalty == 1.0 for r in net.validator.book.records.values())
-
-
-def test_an_unreadable_weight_sample_is_no_evidence_against_the_peer(tmp_path, data_dir):
-    cfg = load_config(overrides=SETTINGS)
-    net = build(tmp_path / "net", cfg, honest(3), data_dir)
-    run(net, 2)
-    victim = node_identity(cfg.seed, "honest-2").hotkey
-    before = net.validator.book.records[victim]
-    break_view(net.validator, victim, keys_containing="fingerprints")
+    # window 3: honest-1's message is readable again, but its weight sample is not
+    other = node_identity(cfg.seed, "honest-2").hotkey
+    before = net.validator.book.records[other]
+    break_view(net.validator, other, keys_containing="fingerprints")
     record = run_window(net)
-    assert record["peers"][victim]["steps_behind"] == "unknown"
-    after = net.validator.book.records[victim]
+    assert record["peers"][victim]["status"] == "present"
+    assert record["peers"][other]["steps_behind"] == "unknown"
+    after = net.validator.book.records[other]
     assert (after.penalty, after.sync) == (before.penalty, before.sync)
+    # nobody was penalised for either fault (the peers aggregated honest-1's window-2 message, the
+    # validator could not: a fraction of a step apart, well inside the sync tolerance)
+    assert all(r.penalty == 1.0 for r in net.validator.book.records.values())
 
 
 def test_a_peer_that_cannot_read_a_message_applies_the_validators_aggregate_and_stays_in_sync(tmp_path,
