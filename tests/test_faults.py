@@ -171,34 +171,45 @@ def test_a_peer_that_cannot_read_a_message_applies_the_validators_aggregate_and_
 # ------------------------------------------------------------------------------------------ chain
 
 class FlakyChain:
-    """Wraps a chain; the first ``failures`` reads of the metagraph raise ChainError."""
+    """Wraps a chain: every call answers ``delay`` seconds late (a slow endpoint), and the first
+    ``failures`` reads of the metagraph raise ChainError (an unreachable one)."""
 
-    def __init__(self, inner, failures):
-        self.inner, self.failures = inner, failures
+    def __init__(self, inner, failures, delay=0.0):
+        self.inner, self.failures, self.delay, self.calls = inner, failures, delay, 0
 
     def metagraph(self):
         if self.failures:
             self.failures -= 1
             raise ChainError("ws://chain: connection refused (injected)")
-        return self.inner.metagraph()
+        return self.__getattr__("metagraph")()
 
     def __getattr__(self, name):
-        return getattr(self.inner, name)
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def slow(*args, **kwargs):
+            self.calls += 1
+            time.sleep(self.delay)
+            return attr(*args, **kwargs)
+
+        return slow
 
 
-def test_a_window_the_chain_fails_is_evaluated_again_with_the_same_result(tmp_path, data_dir):
+def test_a_window_the_chain_fails_is_evaluated_again_and_a_slow_chain_changes_nothing(tmp_path, data_dir):
     cfg = load_config(overrides=SETTINGS + ["validator.weights_every=1"])
     straight = build(tmp_path / "a", cfg, honest(3), data_dir)
     run(straight, 3)
     flaky = build(tmp_path / "b", cfg, honest(3), data_dir)
     run(flaky, 2)
     chain = flaky.validator.chain
-    flaky.validator.chain = FlakyChain(chain, failures=1)
+    flaky.validator.chain = FlakyChain(chain, failures=1, delay=0.2)
     book = dict(flaky.validator.book.records)
     with pytest.raises(ChainError):
         flaky.validator.evaluate_window(2)
     assert flaky.validator.book.records == book  # nothing scored, applied or published before the failure
-    run(flaky, 1)
+    run(flaky, 1)  # slow but reachable: the same window, the same result
+    assert flaky.validator.chain.calls > 0
     assert flaky.validator.book.records == straight.validator.book.records
     assert chain.weights() == straight.chain.weights()
 
