@@ -6,8 +6,8 @@ all P messages the way a validator or peer does — read the object (HEAD with t
 GET), decode and fully validate it (signature, sizes, indices, lookups) — first one after another,
 then with a pool of W threads (default 8, the nodes' default).
 
-The server is moto's ThreadedMotoServer started in this process on 127.0.0.1 (a pure-Python server:
-a lower bound on what a real S3 endpoint does), or any S3 endpoint given with ``--endpoint`` and
+The server is moto's S3 server started in its own process on 127.0.0.1 (a pure-Python server: a
+lower bound on what a real S3 endpoint does), or any S3 endpoint given with ``--endpoint`` and
 credentials in the usual AWS_* variables. Reported: seconds and MB/s for the uploads, the
 sequential gather and the concurrent gather, and how much of the gather was decoding.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -37,22 +38,26 @@ from gauntlet.storage.s3_store import S3Store  # noqa: E402
 RUN = "bench"
 
 
-def start_moto() -> tuple[object, str]:
-    """A moto S3 server on a free loopback port (fake credentials set for this process)."""
-    from moto.server import ThreadedMotoServer
-
+def start_moto() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in its own process on a free loopback port (so that it does not share this
+    process's interpreter lock with the client threads); fake credentials set for this process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     for var, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
                        ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(var, value)
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    return server, f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise SystemExit("moto's S3 server did not start within 30 s (is moto[server] installed?)")
 
 
 def shapes_of(preset: str) -> dict[str, tuple[int, ...]]:
@@ -152,8 +157,9 @@ def main() -> None:
         shapes = {m: bench_shape(m, endpoint, args.peers, args.workers, args.repeats) for m in args.models.split(",")}
     finally:
         if server is not None:
-            server.stop()
-    finish({"benchmark": "storage", "server": "moto ThreadedMotoServer on 127.0.0.1" if server else endpoint,
+            server.terminate()
+            server.wait(timeout=10)
+    finish({"benchmark": "storage", "server": "moto's S3 server (own process) on 127.0.0.1" if server else endpoint,
             "workers": args.workers, "shapes": shapes}, args)
 
 
