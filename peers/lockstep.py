@@ -5,7 +5,9 @@ upload slot, "too late" and "who uploaded first" mean exactly what they mean liv
 :class:`~peers.peer.Peer` and :class:`~peers.validator.Validator` classes run, only nobody sleeps.
 Every node saves its state each window; :func:`build` on an existing directory resumes, and a window
 interrupted by a crash is simply run again (the chain is not advanced twice): peers that had already
-finished it keep their result, and peers behind the validator first apply the windows they missed.
+finished it keep their result, and peers behind the validator first redo the windows they missed
+(training included: their message is already out, but the optimiser and error-feedback state that
+training left behind died with the process).
 
 One window ``w`` (virtual times relative to the boundary ``b = start(w+1)``):
 
@@ -101,7 +103,8 @@ def run_window(net: LockstepNetwork) -> dict:
     bpw, slot = cfg.timing.blocks_per_window, cfg.timing.upload_slot_s
     for _, peer in sorted(net.peers.items()):  # after a crash: windows the validator finished, this peer not
         for missed in range(peer.window_done + 1, w):
-            peer.finish(missed, peer.apply(missed), {"trained": False})
+            _, facts = peer.make_message(missed)  # rebuilds the optimiser and error-feedback state it lost
+            peer.finish(missed, peer.apply(missed), {"trained": True, "replayed": True, **facts})
     todo = {n: p for n, p in net.peers.items() if p.window_done < w}  # the others finished w before a crash
     _advance_to(net, w * bpw)
     early = {n: p for n, p in todo.items() if not p.behaviour.waits_for_others}

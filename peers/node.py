@@ -198,6 +198,10 @@ class Node:
         if listed is None and use_list and in_slot:
             try:
                 listed = self.peer_list(window)
+                if listed is None and window > 0 and self.peer_list(window - 1) is not None:
+                    # the validator lists every window; this one's list is not out yet (it is late or
+                    # restarting): the set it will aggregate is unknown, so do not guess "everyone"
+                    list_error = f"the validator has not published its list for window {window} yet"
             except StorageError as exc:
                 list_error = str(exc)
                 log.warning("window %d: cannot read the validator's peer list: %s", window, exc)

@@ -54,6 +54,8 @@ class PeerOptions(NodeOptions):
 
 
 class Peer(Node):
+    CATCH_UP_WINDOWS = 2  # replay up to this many missed windows; further behind, load a checkpoint
+
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: PeerOptions, behaviour: Behaviour | None = None) -> None:
         super().__init__(cfg, identity, chain, store, opts)
@@ -260,14 +262,17 @@ class Peer(Node):
         return line
 
     def start(self) -> None:
-        """Publish the bucket card, restore the local state, and jump to a newer checkpoint if any."""
+        """Publish the bucket card, restore the local state, and — when more than
+        ``CATCH_UP_WINDOWS`` windows behind — jump to the validator's newest checkpoint. Closer to the
+        chain the peer replays the missed windows instead, which keeps its weights, optimiser and
+        error feedback one consistent history."""
         self.publish_card()
         state = load_state(self.opts.run_dir, self.model, self.error_feedback, self.trainer.optimizer, self.run)
         if state is not None:
             self.window_done, self.trainer.step = state.window, state.inner_step
             line = self._event("resumed", window=state.window)
             log.info("resumed after window %d with error-feedback state %s", state.window, line["ef_checksum"])
-        if self.window_done + 1 < self.current_window():
+        if self.window_done + 1 + self.CATCH_UP_WINDOWS < self.current_window():
             self.load_checkpoint()
 
     def run_forever(self) -> None:

@@ -165,10 +165,10 @@ class Validator(Node):
         self.book.typical_step = step if self.book.typical_step == 0 else 0.9 * self.book.typical_step + 0.1 * step
 
         nxt = self._next_list(window)
-        self.book.listed = nxt if nxt["peers"] else None  # nobody eligible yet: no list, everyone counts
-        if self.book.listed is not None:
-            self._publish(keys.peer_list(self.run, window + 1), encode_peer_list(
-                window + 1, nxt["peers"], nxt["reserves"], run=self.run_hash, signer=self.identity))
+        self.book.listed = nxt if nxt["peers"] else None  # nobody eligible yet: everyone counts
+        # published every window, empty or not: a missing list then always means "not out yet"
+        self._publish(keys.peer_list(self.run, window + 1), encode_peer_list(
+            window + 1, nxt["peers"], nxt["reserves"], run=self.run_hash, signer=self.identity))
         weights = None
         if (window + 1) % v.weights_every == 0:
             weights = self._weights(uids)
@@ -231,7 +231,10 @@ class Validator(Node):
     def run_forever(self) -> None:
         """Evaluate each window once its slot has closed (until ``stop_after_window``)."""
         self.start()
-        nxt = self.book.window + 1 if self.book.window >= 0 else max(0, self.current_window() - 1)
+        if self.book.window < 0:  # a fresh validator starts with the window that just closed, and says so
+            self.book.window = max(0, self.current_window() - 1) - 1
+            save(self.opts.run_dir, self.model, self.book)  # so that a crash cannot move that start later
+        nxt = self.book.window + 1
         stop = self.opts.stop_after_window
         while stop is None or nxt <= stop:
             self.wait_until(self.slot(nxt)[1])

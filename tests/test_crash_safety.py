@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["inner.steps=4", "train.batch_size=4", "data.seq_len=64", "inner.warmup_steps=2", "inner.lr=3e-3",
             "timing.blocks_per_window=10", "timing.upload_slot_s=20", "model.device=cpu", "train.eval_batches=1",
             "validator.checkpoint_every=2", "validator.weights_every=1"]
-WINDOWS = 6
+WINDOWS = 7
+KILLS = 5  # after windows 0..4 have been recorded, at random points of the window that follows
 # The child: open (or reopen) the lockstep network and run it to WINDOWS windows, whatever it finds on disk.
 CHILD = """
 import sys
@@ -65,26 +66,30 @@ def test_a_lockstep_network_killed_at_random_points_ends_exactly_as_an_uninterru
     rng = random.Random(1234)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", CHILD, str(tmp_path / "crashed"), str(data_dir), *SETTINGS]
+
+    def progress() -> int:  # windows the validator has recorded so far
+        return len(list((tmp_path / "crashed").glob("validator/bucket/runs/*/windows/*/record.json")))
+
     kills = 0
-    for _attempt in range(40):  # bounded: every attempt either finishes or is killed
+    for _attempt in range(20):  # bounded: every attempt either finishes or is killed
         child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 8:
-            try:
-                child.wait(timeout=rng.uniform(4.0, 9.0))  # start-up takes ~4 s; windows ~1 s each
-            except subprocess.TimeoutExpired:
+        if kills < KILLS:
+            start, deadline = progress(), time.monotonic() + 120
+            while progress() <= start and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)  # until a window has been finished since this start
+            time.sleep(rng.uniform(0.0, 1.5))  # then a random point of the next window
+            if child.poll() is None:
                 child.send_signal(signal.SIGKILL)
                 child.wait()
                 kills += 1
                 continue
-        else:
-            child.wait(timeout=300)
+        child.wait(timeout=300)
         err = child.stderr.read().decode(errors="replace")
         assert child.returncode == 0, err[-3000:]
         break
     else:
         pytest.fail("the network never finished")
-    print(f"killed {kills} times")
-    assert kills >= 4, "the child finished before it could be killed often enough; the test proves nothing"
+    assert kills == KILLS, "the network finished before it could be killed often enough; the test proves nothing"
 
     resumed = build(tmp_path / "crashed", cfg, network(), data_dir)  # every state file still loads
     assert resumed.window == WINDOWS
