@@ -51,8 +51,8 @@ class LocalChain:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            self._enable_wal(timeout)
             with self._write() as db:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -66,6 +66,19 @@ class LocalChain:
             raise ChainError(f"cannot open local chain {self.path}: {exc}") from exc
         meta = dict(self._read("SELECT key, value FROM meta"))
         self.genesis, self.block_time, self.clock = float(meta["genesis"]), float(meta["block_time"]), meta["clock"]
+
+    def _enable_wal(self, timeout: float) -> None:
+        """Switch to WAL. Two processes creating the file at once can see "database is locked" here
+        (SQLite does not apply the busy timeout to this switch): retry until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     # ------------------------------------------------------------------------------ transactions
 
