@@ -170,8 +170,7 @@ class Peer(Node):
             self._in_sync = True
             return GatherResult(window)
         if prefer_published and (agg := self.published_aggregate(window)) is not None:
-            outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
-            self.last_aggregate = agg
+            self._step(agg)
             return GatherResult(window)
         result = self.gather_retrying(window)
         if result.failed or result.list_unreadable:
@@ -179,8 +178,7 @@ class Peer(Node):
             # leave this peer out of sync. The validator's signed aggregate is what the network applied.
             agg = self._await_published(window)
             if agg is not None:
-                outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
-                self.last_aggregate = agg
+                self._step(agg)
                 result.used_published = True
                 log.info("window %d: applied the validator's aggregate (unreadable here: %s)", window,
                          ", ".join(k[:12] for k in result.failed) or "the peer list")
@@ -191,9 +189,13 @@ class Peer(Node):
         if ordered:
             agg = aggregate([m.tensors for _, m in ordered], self.cfg.sparseloco.combine,
                             self.cfg.sparseloco.clip_to_median)
-            outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
-            self.last_aggregate = agg
+            self._step(agg)
         return result
+
+    def _step(self, agg: dict[str, torch.Tensor]) -> None:
+        """The outer step with ``agg``, remembered as the last aggregate applied."""
+        outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
+        self.last_aggregate = agg
 
     def _train_and_upload(self, window: int) -> dict:
         boundary, t = self.window_start(window + 1), self.cfg.timing
