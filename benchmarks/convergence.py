@@ -12,8 +12,11 @@ Every H inner steps the replicas communicate:
 - ``dense_8bit``: every tensor dense on 8-bit codes, averaged, DiLoCo's Nesterov outer step.
 
 Reported per method and H: the final validation loss (mean and sample std over seeds), the loss
-curve, and the bytes each replica sends per outer step (the encoded message; for DDP, H fp32
-gradients). Runs are appended to a log as they finish, so an interrupted benchmark resumes.
+curve after every outer step (and before the first; DDP every min(H) steps), and the bytes each
+replica sends per outer step (the encoded message; for DDP, H fp32 gradients). The default budget,
+960 inner steps, gives 32 outer steps at H = 30. Runs are appended to a log as they finish, so an
+interrupted benchmark resumes; a method with no run at this budget is reported from the longest
+budget it has in the log with otherwise equal settings, and its cell says how many inner steps that was.
 """
 
 from __future__ import annotations
@@ -52,14 +55,13 @@ CODECS = {
 class Setup:
     model: str = "tiny"
     replicas: int = 4
-    steps: int = 240  # inner steps of every replica (a multiple of every H)
+    steps: int = 960  # inner steps of every replica (a multiple of every H): 32 outer steps at H = 30
     batch: int = 4  # sequences per replica per inner step
     lr: float = 2e-3
     warmup: int = 24
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     eval_sequences: int = 128
-    eval_every: int = 30
 
 
 def lr_at(step: int, s: Setup) -> float:
@@ -112,14 +114,16 @@ def _fp32_bytes(params: dict[str, torch.Tensor]) -> int:
 def run_ddp(s: Setup, data: Data, seed: int, hs: list[int], progress: Callable[[int], None]) -> dict:
     model = build_model(ModelConfig(preset=s.model, device="cpu"), data.vocab, data.seq_len, seed)
     opt = _adamw(model, s)
-    curve = []
+    every = min(hs)
+    curve, steps = [mean_loss(model, data.val, bf16=False)], [0]
     for step in range(s.steps):
         _train_step(model, opt, [data.batch(step, r) for r in range(s.replicas)], lr_at(step, s), s.grad_clip)
-        if (step + 1) % s.eval_every == 0:
+        if (step + 1) % every == 0:
             curve.append(mean_loss(model, data.val, bf16=False))
+            steps.append(step + 1)
             progress(step + 1)
     grads = _fp32_bytes(dict(model.named_parameters()))
-    return {"curve": curve, "bytes_per_outer_step": {str(h): h * grads for h in hs}}
+    return {"curve": curve, "curve_steps": steps, "bytes_per_outer_step": {str(h): h * grads for h in hs}}
 
 
 def _communicate(method: str, deltas: list[dict[str, torch.Tensor]], state: dict, outer_index: int,
@@ -146,7 +150,7 @@ def run_outer(method: str, h: int, s: Setup, data: Data, seed: int, progress: Ca
     if method in CODECS:
         state["feedback"] = [ErrorFeedback(spec, CODECS[method]) for _ in range(s.replicas)]
     nesterov = DiLoCoOuter(params, DiLoCoConfig()) if method in ("diloco", "dense_8bit") else None
-    curve, sent = [], []
+    curve, steps, sent = [mean_loss(model, data.val, bf16=False)], [0], []
     for step in range(s.steps):
         for r, (m, opt) in enumerate(zip(replicas, opts)):
             _train_step(m, opt, [data.batch(step, r)], lr_at(step, s), s.grad_clip)
@@ -162,30 +166,64 @@ def run_outer(method: str, h: int, s: Setup, data: Data, seed: int, progress: Ca
                     for n, p in m.named_parameters():
                         p.copy_(params[n])
             sent.append(nbytes)
-        if (step + 1) % s.eval_every == 0:
-            curve.append(mean_loss(model, data.val, bf16=False))
-            progress(step + 1)
-    return {"curve": curve, "bytes_per_outer_step": {str(h): max(sent)}}
+            curve.append(mean_loss(model, data.val, bf16=False))  # after every outer step
+            steps.append(step + 1)
+            if (step + 1) % (10 * h) == 0 or step + 1 == s.steps:
+                progress(step + 1)
+    return {"curve": curve, "curve_steps": steps, "bytes_per_outer_step": {str(h): max(sent)}}
 
 
-def summarise(runs: list[dict], s: Setup, hs: list[int]) -> dict:
-    """Per method and H: final loss mean/std over seeds, mean curve, bytes per outer step."""
+BUDGET_KEYS = ("steps", "eval_every")  # what may differ between a run and the budget it stands in for
+
+
+def _curve_steps(run: dict) -> list[int]:
+    """Inner steps of each curve point (older logs evaluated every ``eval_every`` steps, not at 0)."""
+    if "curve_steps" in run:
+        return run["curve_steps"]
+    every = run["setup"]["eval_every"]
+    return [every * (i + 1) for i in range(len(run["curve"]))]
+
+
+def pick_runs(log_runs: list[dict], s: Setup, method: str, h: int) -> list[dict]:
+    """The runs of ``method`` (and ``h``) at this setup; when there are none, those of the longest
+    budget in the log whose other settings are equal."""
+    def same_but_budget(setup: dict) -> bool:
+        ours = asdict(s)
+        return all(setup.get(k) == v for k, v in ours.items() if k not in BUDGET_KEYS)
+
+    mine = [r for r in log_runs if r["method"] == method and (method == "ddp" or r["h"] == h)
+            and same_but_budget(r["setup"]) and r["setup"]["steps"] % max(h, 1) == 0]
+    exact = [r for r in mine if r["setup"] == asdict(s)]
+    if not exact and mine:
+        longest = max(r["setup"]["steps"] for r in mine)
+        exact = [r for r in mine if r["setup"]["steps"] == longest]
+    chosen = {r["seed"]: r for r in exact}  # one run per seed: the latest logged
+    return [chosen[k] for k in sorted(chosen)]
+
+
+def summarise(log_runs: list[dict], s: Setup, hs: list[int]) -> dict:
+    """Per method and H: final loss mean/std over seeds, the mean curve (with the seeds' min and max),
+    bytes per outer step, and the inner-step budget the cell was measured at."""
     out: dict[str, dict] = {}
     for method in METHODS:
         for h in hs:
-            mine = [r for r in runs if r["method"] == method and (method == "ddp" or r["h"] == h)]
+            mine = pick_runs(log_runs, s, method, h)
             if not mine:
                 continue
             finals = [r["curve"][-1] for r in mine]
-            curves = [r["curve"] for r in mine]
+            n = min(len(r["curve"]) for r in mine)
+            points = [[r["curve"][i] for r in mine] for i in range(n)]
             out.setdefault(method, {})[str(h)] = {
+                "steps": mine[0]["setup"]["steps"],
                 "final_loss_mean": round(statistics.fmean(finals), 4),
                 "final_loss_std": round(statistics.stdev(finals), 4) if len(finals) > 1 else 0.0,
                 "final_losses": [round(f, 4) for f in finals],
-                "seeds": sorted(r["seed"] for r in mine),
+                "seeds": [r["seed"] for r in mine],
                 "bytes_per_outer_step": mine[0]["bytes_per_outer_step"][str(h)],
-                "curve_steps": [s.eval_every * (i + 1) for i in range(len(curves[0]))],
-                "curve_mean": [round(statistics.fmean(c[i] for c in curves), 4) for i in range(len(curves[0]))],
+                "curve_steps": _curve_steps(mine[0])[:n],
+                "curve_mean": [round(statistics.fmean(p), 4) for p in points],
+                "curve_min": [round(min(p), 4) for p in points],
+                "curve_max": [round(max(p), 4) for p in points],
             }
     return out
 
@@ -209,16 +247,14 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     if unknown := set(methods) - set(METHODS):
         ap.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    s = Setup(model=args.model, replicas=args.replicas, steps=args.steps, batch=args.batch, lr=args.lr,
-              eval_every=math.lcm(*hs))
+    s = Setup(model=args.model, replicas=args.replicas, steps=args.steps, batch=args.batch, lr=args.lr)
     if any(s.steps % h for h in hs):
         ap.error(f"--steps {s.steps} must be a multiple of every H ({hs})")
 
     log_path = Path(args.log)
     setup_key = asdict(s)
-    done = []
-    if log_path.exists():
-        done = [r for r in map(json.loads, log_path.read_text().splitlines()) if r["setup"] == setup_key]
+    logged = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    done = [r for r in logged if r["setup"] == setup_key]
     plan = [(m, h, seed) for seed in seeds for m in methods for h in ([0] if m == "ddp" else hs)]
     t_start = time.perf_counter()
     for i, (method, h, seed) in enumerate(plan):
@@ -234,6 +270,7 @@ def main() -> None:
                   "seconds": round(time.perf_counter() - t0, 1)}
         log(f"{label}: final validation loss {result['curve'][-1]:.4f} ({record['seconds']} s)")
         done.append(record)
+        logged.append(record)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -241,7 +278,7 @@ def main() -> None:
     data = Data(s, 0)
     model = build_model(ModelConfig(preset=s.model, device="cpu"), data.vocab, data.seq_len, 0)
     finish({"benchmark": "convergence", "setup": setup_key, "parameters": sum(p.numel() for p in model.parameters()),
-            "h": hs, "tokens_per_replica": s.steps * s.batch * data.seq_len, "results": summarise(done, s, hs),
+            "h": hs, "tokens_per_replica": s.steps * s.batch * data.seq_len, "results": summarise(logged, s, hs),
             "wall_s": round(time.perf_counter() - t_start, 1)}, args)
 
 

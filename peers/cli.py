@@ -105,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ImportError as exc:  # an optional package the command needs is not installed
+        from gauntlet.extras import install_hint
+
+        hint = install_hint(exc)
+        if hint is None:
+            raise
+        print(f"error: gauntlet {args.command}: {hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -32,6 +32,7 @@ class GatherResult:
     invalid: dict[str, str] = field(default_factory=dict)  # the peer's fault
     failed: dict[str, str] = field(default_factory=dict)  # the infrastructure's fault
     list_unreadable: str | None = None  # the validator's peer list could not be read (infrastructure)
+    listed: int | None = None  # peers named by the validator's list (top-G and reserves); None: no list used
     used_published: bool = False  # the validator's signed aggregate was applied instead of these messages
 
     def ordered(self) -> list[tuple[str, Message]]:

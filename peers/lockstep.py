@@ -65,9 +65,10 @@ def node_identity(seed: int, name: str) -> Identity:
 
 
 def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], data_dir: Path,
-          block_time: float = 12.0, identity=None) -> LockstepNetwork:
+          block_time: float = 12.0, identity=None, stop_after_window: int | None = None) -> LockstepNetwork:
     """Create (or reopen, after a crash) a lockstep network in ``out``: chain, stores, nodes.
-    ``identity(name)`` gives each node's key (default: derived from the seed and the name)."""
+    ``identity(name)`` gives each node's key (default: derived from the seed and the name);
+    ``stop_after_window``: the run's last window (the validator sets weights there too)."""
     out = Path(out)
     clock = VirtualClock()
     chain = LocalChain(out / "chain.db", clock="manual", block_time=block_time, now=clock)
@@ -81,7 +82,7 @@ def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], dat
     secret = hashlib.sha256(f"lockstep-eval|{cfg.seed}".encode()).digest()
     validator = Validator(cfg, vid, chain, vstore, NodeOptions(
         run_dir=out / "validator" / "state", data_dir=data_dir, card=BucketCard("file", str(vstore.root)),
-        allow_local_cards=True, message_cache=cache), eval_secret=secret)
+        allow_local_cards=True, message_cache=cache, stop_after_window=stop_after_window), eval_secret=secret)
     net = LockstepNetwork(cfg, out, clock, chain, validator)
     for name, behaviour in peers.items():
         ident = identity(name)

@@ -43,6 +43,12 @@ def default_data_dir() -> Path:
     return Path.home() / ".cache" / "gauntlet" / "data"
 
 
+class StopRequested(Exception):
+    """Raised by a node's waits once :meth:`Node.request_stop` was called (SIGTERM, Ctrl-C): the run
+    loop ends there. Every state file is written atomically, so stopping at any wait loses nothing
+    that a restart does not redo."""
+
+
 class Node:
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: NodeOptions) -> None:
@@ -54,7 +60,29 @@ class Node:
         self.params = dict(self.model.named_parameters())
         self.spec = {n: tuple(p.shape) for n, p in self.params.items()}
         self._sources: dict[bytes, ObjectStore] = {}
+        self._stop_reason: str | None = None
         opts.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------------------ stopping
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the run loop to end at its next wait (safe from a signal handler)."""
+        self._stop_reason = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but raise :class:`StopRequested` within 0.2 s of a stop request."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self._stop_reason is not None:
+                raise StopRequested(self._stop_reason)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.2))
 
     # ------------------------------------------------------------------------------ time & data
 
@@ -97,9 +125,19 @@ class Node:
                         log.warning("the local clock is ahead of the chain's by about %.0f s; waiting for the chain",
                                     local - chain_now - step)
                         warned = True
-                    time.sleep(min(0.5, max(0.05, step / 4)))
+                    self.sleep(min(0.5, max(0.05, step / 4)))
                     continue
-            time.sleep(min(0.5, max(0.0, when - local)))
+            self.sleep(min(0.5, max(0.0, when - local)))
+
+    def wait_for_genesis(self) -> None:
+        """Wait until the chain has started (a local chain may be created with a pending genesis,
+        started once every node of a network is up). Real chains have long started."""
+        if math.isfinite(self.chain.timestamp(0)) and self.chain.timestamp(0) <= time.time():
+            return
+        log.info("waiting for the chain to start")
+        while not math.isfinite(when := self.chain.timestamp(0)):
+            self.sleep(0.2)
+        self.wait_until(when)
 
     def current_window(self) -> int:
         return self.chain.block() // self.cfg.timing.blocks_per_window
@@ -214,6 +252,7 @@ class Node:
                         spec=self.spec, codec=self.cfg.sparseloco, slot=self.slot(window) if in_slot else None,
                         max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s, cache=self.opts.message_cache)
         result.list_unreadable = list_error
+        result.listed = None if listed is None else len(set(listed.peers) | set(listed.reserves))
         if listed is not None:
             keep = set(select(listed, result.messages, self.cfg.sparseloco.top_g))
             result.messages = {h: m for h, m in result.messages.items() if h in keep}
@@ -226,6 +265,6 @@ class Node:
         for attempt in range(self.GATHER_RETRIES):
             if not (result.failed or result.list_unreadable):
                 break
-            time.sleep(self.RETRY_BACKOFF_S * 2**attempt)
+            self.sleep(self.RETRY_BACKOFF_S * 2**attempt)
             result = self.gather(window, **kwargs)
         return result

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -37,8 +38,9 @@ from gauntlet.sparseloco import ErrorFeedback, aggregate, encode_message, finger
 from gauntlet.storage import ObjectStore, keys
 from gauntlet.uniqueness import assigned_indices
 from peers.behaviours import Behaviour, WindowContext
+from peers.explain import window_line
 from peers.gather import GatherResult
-from peers.node import Node, NodeOptions, default_data_dir  # noqa: F401  (default_data_dir: re-exported)
+from peers.node import Node, NodeOptions, StopRequested, default_data_dir  # noqa: F401  (re-exported)
 from peers.state import LocalState, load_state, save_state
 from peers.training import InnerTrainer
 
@@ -140,6 +142,7 @@ class Peer(Node):
 
     def make_message(self, window: int) -> tuple[bytes | None, dict]:
         """Step 1: the behaviour's Δ for the window, compressed, signed (and maybe tampered with)."""
+        started = time.monotonic()
         self._train_loss = None
         ctx = self.context(window)
         delta = self.behaviour.pseudo_gradient(ctx)
@@ -150,7 +153,8 @@ class Peer(Node):
                                   signer=self.identity, extra={"declared": self.opts.declared or {}})
             data = self.behaviour.tamper(ctx, data)
         self._in_sync = self.behaviour.keeps_in_sync(ctx)
-        return data, {"train_loss": self._train_loss, "bytes_sent": len(data) if data else 0}
+        return data, {"train_loss": self._train_loss, "bytes_sent": len(data) if data else 0,
+                      "train_s": round(time.monotonic() - started, 3)}
 
     def upload(self, window: int, data: bytes | None) -> bool:
         """Step 2 (at the window boundary): put the message in this peer's bucket."""
@@ -212,10 +216,11 @@ class Peer(Node):
         """The validator's aggregate for ``window``, waiting up to ``timing.gather_timeout_s`` for it."""
         deadline = time.monotonic() + self.cfg.timing.gather_timeout_s
         while (agg := self.published_aggregate(window)) is None and time.monotonic() < deadline:
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            self.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         return agg
 
-    def finish(self, window: int, result: GatherResult, facts: dict) -> None:
+    def finish(self, window: int, result: GatherResult, facts: dict, follows_network: bool = True) -> None:
+        """Step 4: publish the fingerprint, save the state, log the window (metrics line + one log line)."""
         fp = fingerprint(self.params)
         sample = weight_sample(self.params, self.cfg.validator.weight_sample, seed=self.cfg.seed)
         try:
@@ -235,8 +240,10 @@ class Peer(Node):
                 **facts}
         self._metrics.write(json.dumps(line) + "\n")
         self._metrics.flush()
-        log.info("window %d: %d peers aggregated, val loss %.4f, fingerprint %s%s", window, len(result.messages),
-                 val, fp[:12], "" if facts.get("trained", True) else " (caught up)")
+        what = window_line(result, hotkey=self.identity.hotkey, trained=facts.get("trained", True),
+                           uploaded=facts.get("uploaded", False), follows_network=follows_network,
+                           slot_opened=self.slot(window)[0] + self.cfg.timing.slot_grace_s)
+        log.info("window %d: %s; val loss %.4f, fingerprint %s", window, what, val, fp[:12])
         every = self.opts.export_every
         if self.opts.export_hf and (window == self.opts.stop_after_window or (every and (window + 1) % every == 0)):
             self.export(window)
@@ -274,16 +281,26 @@ class Peer(Node):
             self.window_done, self.trainer.step = state.window, state.inner_step
             line = self._event("resumed", window=state.window)
             log.info("resumed after window %d with error-feedback state %s", state.window, line["ef_checksum"])
+        self.wait_for_genesis()
         if self.window_done + 1 + self.CATCH_UP_WINDOWS < self.current_window():
             self.load_checkpoint()
 
     def run_forever(self) -> None:
-        """Process windows as the chain advances (until ``stop_after_window``). When the chain or a
-        store fails, the step is retried; a window is trained at most once, and a window the peer
-        could not train in time is applied without training (catch-up), so no failure desyncs it."""
-        self.start()
+        """Process windows as the chain advances (until ``stop_after_window``, or a stop request:
+        SIGTERM / Ctrl-C end the loop at its next wait). When the chain or a store fails, the step is
+        retried; a window is trained at most once, and a window the peer could not train in time is
+        applied without training (catch-up), so no failure desyncs it."""
+        try:
+            self.start()
+            self._loop()
+        except StopRequested as stop:
+            log.info("stopping (%s); the state of window %d is saved", stop, self.window_done)
+        finally:
+            self._metrics.close()
+
+    def _loop(self) -> None:
         nxt, trained = self.window_done + 1, None  # trained: (window, facts) once its message is out
-        stop = self.opts.stop_after_window
+        stop, fit_checked = self.opts.stop_after_window, False
         while stop is None or nxt <= stop:
             try:
                 current = self.current_window()
@@ -294,10 +311,35 @@ class Peer(Node):
                     trained = (nxt, self._train_and_upload(nxt))
                 self.wait_until(self.slot(nxt)[1])
                 did_train = trained is not None and trained[0] == nxt
+                started, follows = time.monotonic(), getattr(self, "_in_sync", True)
                 result = self.apply(nxt, prefer_published=not did_train)
-                self.finish(nxt, result, {"trained": True, **trained[1]} if did_train else {"trained": False})
+                facts = {"trained": True, **trained[1]} if did_train else {"trained": False}
+                facts["apply_s"] = round(time.monotonic() - started, 3)  # gather, aggregate, outer step
+                self.finish(nxt, result, facts, follows_network=follows)
+                if did_train and not fit_checked:
+                    fit_checked = True
+                    self._check_fit(nxt, trained[1]["train_s"], time.monotonic() - started)
                 nxt += 1
             except (ChainError, StorageError) as exc:
                 log.warning("window %d: %s; retrying in %.0f s", nxt, exc, self.RETRY_S)
-                time.sleep(self.RETRY_S)
-        self._metrics.close()
+                self.sleep(self.RETRY_S)
+
+    def _check_fit(self, window: int, train_s: float, apply_s: float) -> None:
+        """After the first trained window: can training and applying a window fit between the close of
+        the previous window's upload slot and the next boundary? If not, say so, with the window
+        length that would (the peer still works: it applies the windows it cannot train)."""
+        t = self.cfg.timing
+        window_s = self.window_start(window + 1) - self.window_start(window)
+        need = t.upload_slot_s + t.slot_grace_s + apply_s + train_s
+        if not math.isfinite(window_s) or window_s <= 0 or need <= 0.8 * window_s:
+            return
+        block_s = window_s / t.blocks_per_window
+        blocks = math.ceil(need / 0.8 / block_s)
+        log.warning("this peer cannot train every window: %d inner steps took %.1f s and applying a window %.1f s; "
+                    "with the upload slot and its grace (%.1f s) that needs about %.1f s, but a window lasts %.1f s. "
+                    "It will apply the windows it cannot train without training them. Windows that fit this "
+                    "machine need timing.blocks_per_window >= %d (%.0f s at %.2f s per block), or a faster device, "
+                    "fewer inner steps or smaller batches.", self.cfg.inner.steps, train_s, apply_s,
+                    t.upload_slot_s + t.slot_grace_s, need, window_s, blocks, blocks * block_s, block_s)
+        self._event("window_too_short", window=window, train_s=round(train_s, 3), apply_s=round(apply_s, 3),
+                    window_s=round(window_s, 3), blocks_per_window_needed=blocks)

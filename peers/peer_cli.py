@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from gauntlet.errors import ConfigError
-from peers.cli_common import add_node_arguments, open_node
+from peers.cli_common import add_node_arguments, open_node, stop_on_signals
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,5 +63,6 @@ def run_peer(args: argparse.Namespace) -> int:
                        trust_validator=args.trust_validator, export_hf=args.export_hf,
                        declared=declared, export_every=args.export_every, push_to_hub=args.push_to_hub)
     logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s", identity.hotkey, chain.url, store.url)
-    Peer(cfg, identity, chain, store, opts, behaviour).run_forever()
+    with stop_on_signals(Peer(cfg, identity, chain, store, opts, behaviour)) as peer:
+        peer.run_forever()
     return 0

@@ -40,6 +40,11 @@ def plot_loss(views, path: Path) -> None:
     _save(fig, ax, path, legend=False)
 
 
+def _set_after(views) -> str:
+    window = views[-1].weights_window if views else None
+    return " (none were set)" if window is None else f", set after window {window}"
+
+
 def plot_weights(views, behaviours: dict[str, str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.2))
     windows = [v.window for v in views]
@@ -110,7 +115,7 @@ def write_report(out: Path, scenario, views, summary: dict, cfg: GauntletConfig,
 {scenario.honest} honest peers and {len(scenario.adversaries)} adversaries trained the `{params}` model for
 {summary['windows']} windows ({scenario.mode} mode, seed {scenario.seed}) in {summary['wall_s']:.0f} s.
 One validator scored them with Gauntlet and set weights on chain every {cfg.validator.weights_every} windows
-(`{cfg.validator.policy}` policy).
+and at the last one (`{cfg.validator.policy}` policy).
 
 - Validation loss: **{loss[0]:.3f} → {loss[-1]:.3f}** (nats per token; the model starts at about ln(vocabulary)).
 - Honest peers' share of the weight: **{summary['honest_weight_share']:.1%}**.
@@ -123,10 +128,11 @@ One validator scored them with Gauntlet and set weights on chain every {cfg.vali
 |---|---|---|---|---|---|---|
 {rows}
 
-*weight*: the share of the validator's last weights. *rating*: the OpenSkill ordinal, which rises when a
-peer's update lowers the loss more than the others' in the same window. *final score*: rating ×
-max(0, moving average of the uniqueness indicator) × sync score × penalty factor. *flagged*: the
-validator caught it at least once (copying, missing or late uploads, invalid messages, out of sync).
+*weight*: the share of the validator's last weights on chain{_set_after(views)}. *rating*: the OpenSkill
+ordinal, which rises when a peer's update lowers the loss more than the others' in the same window.
+*final score*: rating × max(0, moving average of the uniqueness indicator) × sync score × penalty
+factor. *flagged*: the validator caught it at least once (copying, missing or late uploads, invalid
+messages, out of sync).
 
 ## Validation loss
 

@@ -71,6 +71,7 @@ class WindowView:
     weights: dict[str, float]
     peers: dict[str, dict]  # name -> the validator's factors (status, ordinal, mu, sigma, ma, sync, ...)
     phase_s: dict[str, float] = field(default_factory=dict)
+    weights_window: int | None = None  # the window at the end of which ``weights`` were set on chain
 
 
 def flagged_reasons(views: list[WindowView], name: str) -> list[str]:
@@ -142,13 +143,15 @@ def run_lockstep(scenario: Scenario, progress) -> tuple[list[WindowView], dict[s
     progress.phase("preparing data")
     prepare(cfg.data, data_dir)
     behaviours = {name: load_behaviour(spec) for name, spec in scenario.nodes().items()}
-    net = build(scenario.out / "network", cfg, behaviours, data_dir, identity=scenario.identity)
+    net = build(scenario.out / "network", cfg, behaviours, data_dir, identity=scenario.identity,
+                stop_after_window=scenario.windows - 1)  # the validator also sets weights at the last window
     hotkeys = {name: peer.identity.hotkey for name, peer in net.peers.items()}
     by_hotkey = {h: n for n, h in hotkeys.items()}
     val = list(net.validator.val_set.batch(list(range(4 * cfg.train.batch_size))).split(cfg.train.batch_size))
     uid_of = {n.hotkey: n.uid for n in net.chain.metagraph()}
     views: list[WindowView] = []
     sizes: list[int] = []
+    weights_window = None
     while net.window < scenario.windows:
         w = net.window
         progress.phase("training, uploading, validating", window=w)
@@ -158,7 +161,8 @@ def run_lockstep(scenario: Scenario, progress) -> tuple[list[WindowView], dict[s
         row = net.chain.weights().get(uid_of[net.validator.identity.hotkey], {})
         weights = {name: row.get(uid_of[h], 0.0) for name, h in hotkeys.items()}
         peers = {by_hotkey[h]: f for h, f in record["peers"].items() if h in by_hotkey}
-        views.append(WindowView(w, loss, weights, peers, {"window_s": round(time.time() - t0, 2)}))
+        weights_window = w if record.get("weights") else weights_window
+        views.append(WindowView(w, loss, weights, peers, {"window_s": round(time.time() - t0, 2)}, weights_window))
         for name, peer in net.peers.items():
             if behaviours[name].name == "honest":
                 lines = (peer.opts.run_dir / "metrics.jsonl").read_text().splitlines()

@@ -107,7 +107,8 @@ def print_table(summary: dict, views) -> None:
     from peers.simulate import flagged_reasons
 
     table = Table(title=f"after {summary['windows']} windows: honest share {summary['honest_weight_share']:.1%}, "
-                        f"loss {summary['loss'][0]:.3f} → {summary['loss'][-1]:.3f}" if summary["loss"] else "")
+                        f"loss {summary['loss'][0]:.3f} → {summary['loss'][-1]:.3f}" if summary["loss"] else "",
+                  caption=weights_caption(views))
     for col in ("peer", "behaviour", "weight", "rating", "final score", "flagged", "why"):
         table.add_column(col, justify="right" if col in ("weight", "rating", "final score") else "left")
     for p in sorted(summary["peers"], key=lambda p: -p["weight"]):
@@ -115,6 +116,14 @@ def print_table(summary: dict, views) -> None:
                       f"{p['final_score']:.3f}", "yes" if p["flagged"] else "no",
                       ", ".join(flagged_reasons(views, p["name"])) or "—")
     Console(width=None if sys.stdout.isatty() else 140).print(table)
+
+
+def weights_caption(views) -> str:
+    """Which weights the table shows: the last the validator set on chain, and when."""
+    window = views[-1].weights_window if views else None
+    if window is None:
+        return "weight: the validator set no weights on chain in this run"
+    return f"weight: the validator's last weights on chain, set after window {window}"
 
 
 def run_simulate(args: argparse.Namespace) -> int:

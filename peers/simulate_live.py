@@ -1,17 +1,20 @@
 """Live simulation: one OS process per node, wall-clock windows on an embedded local:// chain.
 
 Every node is started with the same command a user would run (``gauntlet peer`` / ``gauntlet
-validate``) and talks to the others only through the chain and the stores. The chain's genesis is
-set 15 s + 3 s per node ahead, so that window 0 opens once the processes have started. The parent registers the
-throwaway hotkeys, optionally runs a loopback S3 server (``--storage embedded-s3``), watches the
-processes — a node that dies is reported, never waited for — and afterwards reads the validator's
-published window records, the chain's weights and the peers' metrics.
+validate``) and talks to the others only through the chain and the stores. The chain is created with
+a pending genesis and started once every node has committed its bucket card (which a node does when
+its data and model are loaded), so that window 0 opens when all are ready however loaded the
+machine is. The parent registers the throwaway hotkeys, optionally runs a loopback S3 server
+(``--storage embedded-s3``), watches the processes — a node that dies is reported, never waited for
+— and afterwards reads the validator's published window records (weights as set on chain, the last
+ones at the final window) and the peers' metrics.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -57,6 +60,8 @@ def run_live(scenario, progress):
     from gauntlet.models import build_model
     from peers.node import default_data_dir
 
+    if scenario.storage == "embedded-s3":
+        import moto.server  # noqa: F401  (before anything is written: the [sim] extra may be missing)
     cfg: GauntletConfig = scenario.config_for()
     out = scenario.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -69,9 +74,7 @@ def run_live(scenario, progress):
     if not chain_url.startswith("local://"):
         raise ConfigError("a live simulation registers throwaway keys, so it needs a local:// chain")
     nodes = {"validator": None, **scenario.nodes()}
-    boot_s = 15.0 + 3.0 * len(nodes)  # window 0 opens once every process has had time to start
-    chain = LocalChain(chain_url.removeprefix("local://").split("?")[0], block_time=BLOCK_TIME,
-                       genesis=time.time() + boot_s)
+    chain = LocalChain(chain_url.removeprefix("local://").split("?")[0], block_time=BLOCK_TIME, genesis=math.inf)
     for name in nodes:
         chain.register(scenario.identity(name).hotkey, stake=1000.0 if name == "validator" else 0.0,
                        validator_permit=name == "validator")
@@ -104,7 +107,8 @@ def run_live(scenario, progress):
             cmd = _command(role, name, scenario, cfg_file, chain_url, urls[name], data_dir, spec)
             procs[name] = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=open(logs / f"{name}.log", "wb"),
                                            stderr=subprocess.STDOUT)
-        crashed = _watch(procs, chain, cfg, scenario, progress)
+        crashed = _start_when_ready(procs, chain, scenario, progress)
+        crashed.update(_watch(procs, chain, cfg, scenario, progress, crashed))
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -131,11 +135,33 @@ def run_live(scenario, progress):
     return views, hotkeys, sum(sizes) / len(sizes) if sizes else 0.0, sum(p.numel() for p in model.parameters())
 
 
-def _watch(procs, chain: LocalChain, cfg, scenario, progress) -> dict[str, int]:
+BOOT_LIMIT_S = 300.0  # a node that has not committed its card by then is left behind (it catches up if it comes)
+
+
+def _start_when_ready(procs, chain: LocalChain, scenario, progress) -> dict[str, int]:
+    """Start the chain once every node has committed its card (or died, or BOOT_LIMIT_S passed)."""
+    hotkeys = {name: scenario.identity(name).hotkey for name in procs}
+    deadline, crashed = time.monotonic() + BOOT_LIMIT_S, {}
+    while time.monotonic() < deadline:
+        crashed.update({n: p.returncode for n, p in procs.items() if p.poll() not in (None, 0)})
+        ready = set(chain.commitments()) & set(hotkeys.values())
+        waiting = [n for n, h in hotkeys.items() if h not in ready and n not in crashed]
+        if not waiting:
+            break
+        progress.phase(f"starting nodes: {len(procs) - len(waiting)}/{len(procs)} ready")
+        time.sleep(0.2)
+    else:
+        log.warning("nodes still booting after %.0f s: %s; starting the chain without them", BOOT_LIMIT_S,
+                    ", ".join(waiting))
+    chain.start(time.time() + 1.0)
+    return crashed
+
+
+def _watch(procs, chain: LocalChain, cfg, scenario, progress, crashed: dict[str, int]) -> dict[str, int]:
     """Wait for the validator to finish the last window; report nodes that die; bounded in time."""
     window_s = cfg.timing.blocks_per_window * BLOCK_TIME
     deadline = chain.genesis + 120 + (scenario.windows + 2) * window_s
-    crashed: dict[str, int] = {}
+    crashed = dict(crashed)
     while time.time() < deadline:
         for name, proc in procs.items():
             code = proc.poll()
@@ -174,16 +200,16 @@ def _views(scenario, cfg, urls, chain: LocalChain):
             m = json.loads(line)
             if "window" in m and "val_loss" in m:
                 losses[m["window"]] = m["val_loss"]
-    views, weights = [], {n: 0.0 for n in scenario.nodes()}
+    views, weights, weights_window = [], {n: 0.0 for n in scenario.nodes()}, None
     for window in range(scenario.windows):
         try:
             record = json.loads(vstore.get(keys.record(cfg.run_name, window)))
         except Exception:  # a window the validator did not reach
             continue
         if record.get("weights"):
-            weights = {n: 0.0 for n in scenario.nodes()}
+            weights, weights_window = {n: 0.0 for n in scenario.nodes()}, window
             weights.update({name_of_uid[int(u)]: w for u, w in record["weights"].items() if int(u) in name_of_uid})
         peers = {names[h]: f for h, f in record["peers"].items() if h in names}
         views.append(WindowView(window, float(losses.get(window, float("nan"))), dict(weights), peers,
-                                {"validator_s": record.get("durations", {}).get("total_s", 0.0)}))
+                                {"validator_s": record.get("durations", {}).get("total_s", 0.0)}, weights_window))
     return views

@@ -38,7 +38,7 @@ from gauntlet.storage import BucketCard, ObjectStore, keys
 from gauntlet.uniqueness import copy_stats, find_copies, own_eval_indices
 from peers.artefacts import encode_artefact
 from peers.gather import GatherResult
-from peers.node import Node, NodeOptions
+from peers.node import Node, NodeOptions, StopRequested
 from peers.peer_list import PeerList, encode_peer_list, select
 from peers.records import seal
 from peers.validator_state import ValidatorBook, load, save
@@ -170,7 +170,7 @@ class Validator(Node):
         self._publish(keys.peer_list(self.run, window + 1), encode_peer_list(
             window + 1, nxt["peers"], nxt["reserves"], run=self.run_hash, signer=self.identity))
         weights = None
-        if (window + 1) % v.weights_every == 0:
+        if (window + 1) % v.weights_every == 0 or window == self.opts.stop_after_window:  # and before stopping
             weights = self._weights(uids)
             if weights:
                 try:
@@ -227,26 +227,51 @@ class Validator(Node):
 
     def start(self) -> None:
         self.publish_card()
+        self.wait_for_genesis()
 
     def run_forever(self) -> None:
-        """Evaluate each window once its slot has closed (until ``stop_after_window``)."""
-        self.start()
+        """Evaluate each window once its slot has closed (until ``stop_after_window``, or a stop
+        request: SIGTERM / Ctrl-C end the loop at its next wait, between windows)."""
+        try:
+            self.start()
+            self._loop()
+        except StopRequested as stop:
+            log.info("stopping (%s); the state of window %d is saved", stop, self.book.window)
+        finally:
+            self._scores.close()
+
+    def _loop(self) -> None:
         if self.book.window < 0:  # a fresh validator starts with the window that just closed, and says so
             self.book.window = max(0, self.current_window() - 1) - 1
             save(self.opts.run_dir, self.model, self.book)  # so that a crash cannot move that start later
-        nxt = self.book.window + 1
+        nxt, fit_checked = self.book.window + 1, False
         stop = self.opts.stop_after_window
         while stop is None or nxt <= stop:
             self.wait_until(self.slot(nxt)[1])
             try:
-                self.evaluate_window(nxt)
+                record = self.evaluate_window(nxt)
             except InvalidMessage as exc:  # never crash on what peers send
                 log.error("window %d: %s", nxt, exc)
             except (ChainError, StorageError) as exc:
                 # nothing was scored or applied yet (the network is read first): evaluate the window
                 # again later — its messages keep their upload times, so the result is the same
                 log.error("window %d: %s; retrying in %.0f s", nxt, exc, self.RETRY_S)
-                time.sleep(self.RETRY_S)
+                self.sleep(self.RETRY_S)
                 continue
+            else:
+                if not fit_checked:
+                    fit_checked = True
+                    self._check_fit(nxt, record["durations"]["total_s"])
             nxt += 1
-        self._scores.close()
+
+    def _check_fit(self, window: int, seconds: float) -> None:
+        """The evaluation of a window must end within a window (peers gather the next window with
+        the list it publishes); say so when it takes most of one."""
+        window_s = self.window_start(window + 2) - self.window_start(window + 1)
+        if not math.isfinite(window_s) or seconds <= 0.8 * window_s:
+            return
+        log.warning("evaluating window %d took %.1f s of a %.1f-s window: this validator will fall behind and "
+                    "peers will miss its peer lists. It needs timing.blocks_per_window >= %d at this speed, or "
+                    "fewer loss tests per window (validator.eval_peers=%d).", window, seconds, window_s,
+                    math.ceil(seconds / 0.8 / (window_s / self.cfg.timing.blocks_per_window)),
+                    self.cfg.validator.eval_peers)

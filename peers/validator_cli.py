@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from peers.cli_common import add_node_arguments, open_node
+from peers.cli_common import add_node_arguments, open_node, stop_on_signals
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,5 +30,6 @@ def run_validator(args: argparse.Namespace) -> int:
                        allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window)
     logging.getLogger("gauntlet.validator").info("validator %s on %s, publishing to %s", identity.hotkey,
                                                  chain.url, store.url)
-    Validator(cfg, identity, chain, store, opts).run_forever()
+    with stop_on_signals(Validator(cfg, identity, chain, store, opts)) as validator:
+        validator.run_forever()
     return 0

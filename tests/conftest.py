@@ -13,6 +13,11 @@ from gauntlet.identity import Identity  # noqa: E402
 from s3_servers import FaultProxy, free_port  # noqa: E402
 
 
+# One intra-op thread: the tests' models are small, and two threads on a machine whose other core is
+# busy wait on each other at every operation (measured: 2x slower than one thread under that load).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
 import hashlib
+import math
 import multiprocessing as mp
 import time
 
@@ -151,3 +152,17 @@ def test_bad_chain_urls_are_config_errors(url, fragment):
 def test_a_future_genesis_holds_the_chain_at_block_zero(tmp_path):
     chain = LocalChain(tmp_path / "c.db", block_time=0.05, genesis=time.time() + 60)
     assert chain.block() == 0 and chain.timestamp(1) == pytest.approx(chain.genesis + 0.05)
+
+
+def test_a_pending_genesis_holds_the_chain_until_someone_starts_it(tmp_path):
+    creator = LocalChain(tmp_path / "c.db", block_time=0.05, genesis=math.inf)
+    node = open_chain(f"local://{tmp_path}/c.db")  # opened by another party, before the start
+    node.register(Identity.from_seed("n").hotkey)  # registering and committing work before the start
+    node.commit(Identity.from_seed("n"), b"card")
+    assert not node.started and node.block() == 0 and math.isinf(node.timestamp(0))
+    genesis = creator.start(time.time() - 1.0)  # as if it had started a second ago: 20 blocks of 0.05 s
+    assert node.started and node.genesis == genesis and node.timestamp(3) == pytest.approx(genesis + 0.15)
+    assert node.block() >= 20
+    assert creator.start(0.0) == genesis  # starting again changes nothing
+    with pytest.raises(ChainError, match="pending"):
+        LocalChain(tmp_path / "m.db", clock="manual", genesis=math.inf)

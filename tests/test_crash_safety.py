@@ -107,80 +107,68 @@ LIVE = ["inner.steps=4", "train.batch_size=4", "data.seq_len=64", "inner.warmup_
         "timing.blocks_per_window=30", "timing.upload_slot_s=1.0", "timing.slot_grace_s=0.3",
         "timing.gather_timeout_s=10", "train.eval_batches=1", "validator.checkpoint_every=3"]
 BLOCK_TIME = 0.1  # 30 blocks: 3-second windows
-
-
-def launch(tmp_path, data_dir, chain_url, role, name, until):
-    cmd = [sys.executable, "-m", "peers.cli", "validate" if role == "validator" else "peer", "--identity-seed", name,
-           "--chain", chain_url, "--storage", f"file://{tmp_path}/store-{name}", "--allow-local-cards",
-           "--run-dir", str(tmp_path / f"run-{name}"), "--data-dir", str(data_dir), "--until-window", str(until)]
-    for s in LIVE:
-        cmd += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    log = open(tmp_path / f"log-{name}.txt", "ab")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+AFTER_KILLS = 3  # windows every node must finish after the last restart
 
 
 def test_live_peer_and_validator_killed_repeatedly_resume_and_stay_in_sync(tmp_path):
-    from gauntlet.chain.local import LocalChain
     from gauntlet.identity import Identity
+    from gauntlet.storage import FileStore, keys
+    from live_nodes import Nodes, last_window, metrics, pending_chain, validator_records, windows
     from peers.records import verify_chain
     from peers.state import read_state_file
 
     data_dir = tmp_path / "data"
     prepare(load_config(overrides=LIVE).data, data_dir)
-    chain = LocalChain(tmp_path / "chain.db", block_time=BLOCK_TIME)
-    for name in ("a", "b"):
-        chain.register(Identity.from_seed(name).hotkey)
-    chain.register(Identity.from_seed("v").hotkey, stake=1000.0, validator_permit=True)
-    url, last = f"local://{tmp_path}/chain.db?block_time={BLOCK_TIME}", 14
+    url, chain = pending_chain(tmp_path / "chain.db", [Identity.from_seed(n).hotkey for n in ("a", "b")],
+                               BLOCK_TIME, validators=[Identity.from_seed("v").hotkey])
     roles = {"a": "peer", "b": "peer", "v": "validator"}
-    procs = {n: launch(tmp_path, data_dir, url, r, n, last) for n, r in roles.items()}
-    rng = random.Random(99)
-    killed = {"b": 0, "v": 0}
+    nodes = Nodes(tmp_path, data_dir, url, LIVE)
+    try:
+        for name, role in roles.items():
+            nodes.launch(name, role)
+        nodes.start_when_ready(chain, roles)
+        rng = random.Random(99)
+        killed = {"b": 0, "v": 0}
 
-    def progress(name: str) -> int:  # windows the node has finished so far
-        if name == "v":
-            return len(list(tmp_path.glob("store-v/runs/*/windows/*/record.json")))
-        path = tmp_path / f"run-{name}" / "metrics.jsonl"
-        return sum(1 for x in path.read_text().splitlines() if '"event"' not in x) if path.exists() else 0
+        def progress(name: str) -> int:  # windows the node has finished so far
+            if name == "v":
+                return len(validator_records(tmp_path / "store-v"))
+            return len(windows(tmp_path / f"run-{name}"))
 
-    for victim in ("b", "v", "b", "v", "b"):
-        start, deadline = progress(victim), time.monotonic() + 60
-        while progress(victim) <= start and procs[victim].poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)  # until it has finished a window since it (re)started
-        time.sleep(rng.uniform(0.0, 3.0))  # then a random point of the next 3-second window
-        if procs[victim].poll() is not None:
-            break
-        procs[victim].send_signal(signal.SIGKILL)
-        procs[victim].wait(timeout=30)
-        killed[victim] += 1
-        procs[victim] = launch(tmp_path, data_dir, url, roles[victim], victim, last)
-    deadline = time.monotonic() + 240
-    for name, proc in procs.items():
-        try:
-            proc.wait(timeout=max(1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        assert proc.returncode == 0, (tmp_path / f"log-{name}.txt").read_text()[-3000:]
+        for victim in ("b", "v", "b", "v", "b"):
+            start = progress(victim)
+            nodes.wait_for(lambda v=victim, s=start: progress(v) > s, f"{victim} to finish a window since its start")
+            kill_at = chain.block() + rng.randrange(30)  # then a random point of the next 3-second window
+            nodes.wait_for(lambda at=kill_at: chain.block() >= at, "the chain to reach the kill point")
+            nodes.kill(victim)
+            killed[victim] += 1
+            nodes.launch(victim, roles[victim])
+        restarted = chain.block() // 30
+        nodes.wait_for(lambda: min(last_window(tmp_path / "run-a"), last_window(tmp_path / "run-b"),
+                                   max(validator_records(tmp_path / "store-v"), default=-1)) >= restarted + AFTER_KILLS,
+                       f"every node to finish {AFTER_KILLS} windows after the last restart", timeout=240)
+        nodes.stop()
+    finally:
+        nodes.close()
     assert killed == {"b": 3, "v": 2}, killed
 
     # no state file is corrupt, and the peer says it resumed from it each time
     for name in ("a", "b"):
         assert read_state_file(tmp_path / f"run-{name}" / "state.safetensors") is not None
     assert read_state_file(tmp_path / "run-v" / "validator.safetensors") is not None
-    lines = [json.loads(x) for x in (tmp_path / "run-b" / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics(tmp_path / "run-b")
     assert sum(1 for x in lines if x.get("event") == "resumed") == killed["b"]
     # everyone ends on the same weights as the validator, window after window
-    per = {n: {x["window"]: x["fingerprint"] for x in map(json.loads, (tmp_path / f"run-{n}" / "metrics.jsonl")
-                                                          .read_text().splitlines()) if "event" not in x}
-           for n in ("a", "b")}
+    per = {n: {w: m["fingerprint"] for w, m in windows(tmp_path / f"run-{n}").items()} for n in ("a", "b")}
+    last = min(max(per["a"]), max(per["b"]))
     for w in range(last + 1):
         assert len({per[n][w] for n in per if w in per[n]}) == 1, f"window {w}: peers disagree"
-    from gauntlet.storage import FileStore, keys
-
     vstore = FileStore(tmp_path / "store-v")
-    found = sorted(p.window for p in map(keys.parse, (o.key for o in vstore.list("runs/"))) if p and p.kind == "record")
-    assert found == list(range(found[0], last + 1)), f"the validator skipped windows: {found}"  # none lost to a kill
+    found = validator_records(tmp_path / "store-v")
+    assert found == list(range(found[0], found[-1] + 1)), f"the validator skipped windows: {found}"  # none lost
+    assert found[-1] >= last - 1
     records = [vstore.get(keys.record(load_config(overrides=LIVE).run_name, w)) for w in found]
-    assert json.loads(records[-1])["fingerprint"] == per["a"][last] == per["b"][last]
+    by_window = dict(zip(found, records))
+    common = min(last, found[-1])
+    assert json.loads(by_window[common])["fingerprint"] == per["a"][common] == per["b"][common]
     assert verify_chain(records, {Identity.from_seed("v").hotkey})

@@ -221,12 +221,13 @@ def test_the_validator_loop_retries_a_window_until_the_chain_answers(monkeypatch
         calls.append(window)
         if len(calls) <= 2:
             raise ChainError("unreachable (injected)")
+        return {"durations": {"total_s": 0.1}}
 
     node = types.SimpleNamespace(
         start=lambda: None, book=types.SimpleNamespace(window=4), opts=types.SimpleNamespace(stop_after_window=6),
         wait_until=lambda when: None, slot=lambda w: (0.0, 0.0), evaluate_window=evaluate, RETRY_S=0.0,
-        _scores=types.SimpleNamespace(close=lambda: None), current_window=lambda: 5)
-    Validator.run_forever(node)
+        sleep=lambda s: None, _check_fit=lambda w, s: None, current_window=lambda: 5)
+    Validator._loop(node)
     assert calls == [5, 5, 5, 6]
 
 
@@ -250,7 +251,7 @@ class WallChain:
 @pytest.mark.parametrize("jump", [+100.0, -100.0])
 def test_a_local_clock_that_jumps_neither_hurries_nor_delays_the_node(monkeypatch, jump):
     real = time.time
-    node = types.SimpleNamespace(chain=WallChain(real), CHAIN_CHECK_S=0.2)
+    node = types.SimpleNamespace(chain=WallChain(real), CHAIN_CHECK_S=0.2, sleep=time.sleep)
     monkeypatch.setattr("peers.node.time.time", lambda: real() + jump)
     when = real() + 0.8
     Node.wait_until(node, when)
@@ -260,7 +261,7 @@ def test_a_local_clock_that_jumps_neither_hurries_nor_delays_the_node(monkeypatc
 
 def test_without_the_chain_the_local_clock_decides(monkeypatch):
     real = time.time
-    node = types.SimpleNamespace(chain=WallChain(real, fail=True), CHAIN_CHECK_S=0.2)
+    node = types.SimpleNamespace(chain=WallChain(real, fail=True), CHAIN_CHECK_S=0.2, sleep=time.sleep)
     t0 = real()
     Node.wait_until(node, t0 + 0.3)
     assert 0.3 <= real() - t0 < 1.5
@@ -287,8 +288,9 @@ def test_the_peer_loop_retries_without_training_a_window_twice():
     node = types.SimpleNamespace(
         start=lambda: None, window_done=2, opts=types.SimpleNamespace(stop_after_window=3),
         current_window=current_window, wait_until=lambda when: None, window_start=lambda w: 0.0,
-        slot=lambda w: (0.0, 0.0), _train_and_upload=lambda w: events.append(("train", w)) or {"uploaded": True},
-        apply=apply, finish=lambda w, r, facts: events.append(("finish", w, facts["trained"])), RETRY_S=0.0,
-        _metrics=types.SimpleNamespace(close=lambda: None))
-    Peer.run_forever(node)
+        slot=lambda w: (0.0, 0.0),
+        _train_and_upload=lambda w: events.append(("train", w)) or {"uploaded": True, "train_s": 0.1},
+        apply=apply, finish=lambda w, r, facts, **kw: events.append(("finish", w, facts["trained"])), RETRY_S=0.0,
+        sleep=lambda s: None, _check_fit=lambda w, train_s, apply_s: None)
+    Peer._loop(node)
     assert events == [("train", 3), ("apply", 3, False), ("finish", 3, True)]

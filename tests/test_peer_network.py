@@ -1,26 +1,21 @@
-"""Peers as separate OS processes on one embedded chain: sync, loss, restarts, late joiners."""
+"""Peers as separate OS processes on one embedded chain: sync, loss, restarts, late joiners.
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+Every wait is on an event (a node booted, a window recorded, the chain's clock) with a deadline;
+the nodes run until the scenario has happened and are then stopped with SIGTERM."""
 
 import pytest
 
-from gauntlet.chain.local import LocalChain
 from gauntlet.config import DataConfig
 from gauntlet.data import prepare
 from gauntlet.identity import Identity
 from gauntlet.storage.s3_store import S3Store
+from live_nodes import Nodes, last_window, metrics, pending_chain, windows
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["inner.steps=4", "train.batch_size=4", "data.seq_len=64", "inner.warmup_steps=2", "inner.lr=3e-3",
-            "timing.blocks_per_window=30", "timing.upload_slot_s=1.0", "timing.slot_grace_s=0.3",
+            "timing.blocks_per_window=40", "timing.upload_slot_s=1.0", "timing.slot_grace_s=0.3",
             "timing.gather_timeout_s=10", "train.eval_batches=2"]
-BLOCK_TIME = 0.1  # 30 blocks: 3-second windows
+BLOCK_TIME = 0.1  # 40 blocks: 4-second windows
+TRAINED = 4  # windows every peer must have trained before the network is stopped
 
 pytestmark = pytest.mark.slow
 
@@ -32,109 +27,96 @@ def data_dir(tmp_path_factory):
     return path
 
 
-def make_chain(tmp_path, names):
-    url = f"local://{tmp_path}/chain.db?block_time={BLOCK_TIME}"
-    chain = LocalChain(tmp_path / "chain.db", block_time=BLOCK_TIME)
-    for name in names:
-        chain.register(Identity.from_seed(name).hotkey)
-    return url, chain
+@pytest.fixture
+def network(tmp_path, data_dir):
+    def make(names):
+        url, chain = pending_chain(tmp_path / "chain.db", [Identity.from_seed(n).hotkey for n in names], BLOCK_TIME)
+        nodes = Nodes(tmp_path, data_dir, url, SETTINGS)
+        made.append(nodes)
+        return nodes, chain
+
+    made = []
+    yield make
+    for nodes in made:
+        nodes.close()
 
 
-def launch(tmp_path, data_dir, chain_url, name, storage, until, extra=()):
-    cmd = [sys.executable, "-m", "peers.cli", "peer", "--identity-seed", name, "--chain", chain_url,
-           "--storage", storage, "--allow-local-cards", "--run-dir", str(tmp_path / f"run-{name}"),
-           "--data-dir", str(data_dir), "--until-window", str(until), *extra]
-    for s in SETTINGS:
-        cmd += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    log = open(tmp_path / f"log-{name}.txt", "ab")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+def trained_by_all(nodes, names) -> list[int]:
+    per_peer = {n: windows(nodes.run_dir(n)) for n in names}
+    common = set.intersection(*(set(w) for w in per_peer.values()))
+    return sorted(w for w in common if all(per_peer[n][w].get("trained") for n in names))
 
 
-def finish(procs, tmp_path, timeout=180):
-    deadline = time.monotonic() + timeout
-    for name, proc in procs.items():
-        try:
-            proc.wait(timeout=max(1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log = (tmp_path / f"log-{name}.txt").read_text()[-3000:]
-        assert proc.returncode == 0, f"peer {name} failed:\n{log}"
-
-
-def metrics(tmp_path, name):
-    return [json.loads(line) for line in (tmp_path / f"run-{name}" / "metrics.jsonl").read_text().splitlines()]
-
-
-def windows(tmp_path, name):
-    return {m["window"]: m for m in metrics(tmp_path, name) if "event" not in m}
-
-
-def assert_in_sync_and_learning(tmp_path, names, last):
-    per_peer = {n: windows(tmp_path, n) for n in names}
-    trained = [w for w in range(last + 1) if all(per_peer[n].get(w, {}).get("trained") for n in names)]
-    assert len(trained) >= 3, f"too few windows trained by everyone: {trained}"
-    for w in range(last + 1):
+def assert_in_sync_and_learning(nodes, names):
+    per_peer = {n: windows(nodes.run_dir(n)) for n in names}
+    trained = trained_by_all(nodes, names)
+    assert len(trained) >= TRAINED, f"too few windows trained by everyone: {trained}"
+    for w in set().union(*per_peer.values()):
         prints = {per_peer[n][w]["fingerprint"] for n in names if w in per_peer[n]}
         assert len(prints) == 1, f"window {w}: peers disagree on the weights"
     for w in trained:
         assert sorted(per_peer[names[0]][w]["gathered"]) == sorted(Identity.from_seed(n).hotkey for n in names)
-    first, final = per_peer[names[0]][trained[0]]["val_loss"], per_peer[names[0]][last]["val_loss"]
+    first, final = per_peer[names[0]][trained[0]]["val_loss"], per_peer[names[0]][trained[-1]]["val_loss"]
     assert final < first - 0.3, f"validation loss did not go down: {first} -> {final}"
 
 
-def test_peers_on_a_file_store_stay_bit_identical_and_learn(tmp_path, data_dir):
+def run_until_trained(nodes, chain, names):
+    nodes.start_when_ready(chain, names)
+    nodes.wait_for(lambda: len(trained_by_all(nodes, names)) >= TRAINED, f"{TRAINED} windows trained by all")
+    nodes.stop()
+
+
+def test_peers_on_a_file_store_stay_bit_identical_and_learn(network):
     names = ["a", "b", "c"]
-    url, _ = make_chain(tmp_path, names)
-    procs = {n: launch(tmp_path, data_dir, url, n, f"file://{tmp_path}/store-{n}", until=6) for n in names}
-    finish(procs, tmp_path)
-    assert_in_sync_and_learning(tmp_path, names, last=6)
+    nodes, chain = network(names)
+    for n in names:
+        nodes.launch(n)
+    run_until_trained(nodes, chain, names)
+    assert_in_sync_and_learning(nodes, names)
 
 
-def test_peers_on_s3_buckets_stay_bit_identical_and_learn(tmp_path, data_dir, moto_port):
+def test_peers_on_s3_buckets_stay_bit_identical_and_learn(network, moto_port, tmp_path):
     names = ["a", "b"]
-    url, _ = make_chain(tmp_path, names)
-    procs = {}
+    nodes, chain = network(names)
     for n in names:
         bucket = f"peer-{n}-{tmp_path.name[-8:].lower().replace('_', '-')}"
         S3Store(bucket, endpoint_url=f"http://127.0.0.1:{moto_port}", region="us-east-1").create_bucket()
-        storage = f"s3://{bucket}?endpoint_url=http://127.0.0.1:{moto_port}&region=us-east-1"
-        procs[n] = launch(tmp_path, data_dir, url, n, storage, until=5,
-                          extra=["--storage.read-access-key", "reader", "--storage.read-secret-key", "reader-secret"])
-    finish(procs, tmp_path)
-    assert_in_sync_and_learning(tmp_path, names, last=5)
+        nodes.launch(n, storage=f"s3://{bucket}?endpoint_url=http://127.0.0.1:{moto_port}&region=us-east-1",
+                     extra=["--storage.read-access-key", "reader", "--storage.read-secret-key", "reader-secret"])
+    run_until_trained(nodes, chain, names)
+    assert_in_sync_and_learning(nodes, names)
 
 
-def test_a_killed_peer_resumes_with_its_state_and_a_late_peer_catches_up(tmp_path, data_dir):
+def test_a_killed_peer_resumes_with_its_state_and_a_late_peer_catches_up(network):
     names = ["a", "b", "c"]
-    url, chain = make_chain(tmp_path, names)
-    last = 8
-    procs = {n: launch(tmp_path, data_dir, url, n, f"file://{tmp_path}/store-{n}", until=last) for n in ("a", "b")}
+    nodes, chain = network(names)
+    for n in ("a", "b"):
+        nodes.launch(n)
+    nodes.start_when_ready(chain, ["a", "b"])
+    nodes.wait_for(lambda: last_window(nodes.run_dir("b")) >= 2, "b to finish window 2")
+    nodes.kill("b")  # right after a window was recorded: in the next window's training or waits
+    saved = metrics(nodes.run_dir("b"))[-1]
+    down_until = chain.block() + 40
+    nodes.wait_for(lambda: chain.block() >= down_until, "a window to pass while b is down")
+    nodes.launch("b")
+    nodes.launch("c")  # late: several windows behind, no validator to take a checkpoint from
 
-    def done(name):
-        path = tmp_path / f"run-{name}" / "metrics.jsonl"
-        return max(windows(tmp_path, name), default=-1) if path.exists() else -1
+    def caught_up_and_trained() -> bool:
+        late = windows(nodes.run_dir("c"))
+        first_trained = min((w for w, m in late.items() if m.get("trained")), default=None)
+        return first_trained is not None and min(last_window(nodes.run_dir(n)) for n in names) > first_trained
 
-    deadline = time.monotonic() + 120
-    while done("b") < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert done("b") >= 3
-    time.sleep(0.8)  # into the next window's training
-    procs["b"].send_signal(signal.SIGKILL)
-    procs["b"].wait(timeout=30)
-    saved = metrics(tmp_path, "b")[-1]
-    time.sleep(2.5)  # stay down for about a window
-    procs["b"] = launch(tmp_path, data_dir, url, "b", f"file://{tmp_path}/store-b", until=last)
-    procs["c"] = launch(tmp_path, data_dir, url, "c", f"file://{tmp_path}/store-c", until=last)
-    finish(procs, tmp_path)
+    nodes.wait_for(caught_up_and_trained, "the late peer to catch up, train, and everyone to pass that window")
+    nodes.stop()
 
-    resumed = [m for m in metrics(tmp_path, "b") if m.get("event") == "resumed"]
+    resumed = [m for m in metrics(nodes.run_dir("b")) if m.get("event") == "resumed"]
     assert resumed and resumed[0]["window"] == saved["window"]
     assert resumed[0]["ef_checksum"] == saved["ef_checksum"]  # error feedback survived the crash
     assert resumed[0]["fingerprint"] == saved["fingerprint"]
-    late = windows(tmp_path, "c")
+    late = windows(nodes.run_dir("c"))
     assert not late[0]["trained"] and any(m["trained"] for m in late.values())  # caught up, then trained
-    final = {windows(tmp_path, n)[last]["fingerprint"] for n in names}
-    assert len(final) == 1
-    for w in range(last + 1):
-        assert len({windows(tmp_path, n)[w]["fingerprint"] for n in names if w in windows(tmp_path, n)}) == 1
+    per_peer = {n: windows(nodes.run_dir(n)) for n in names}
+    common = set.intersection(*(set(w) for w in per_peer.values()))
+    assert max(common) > min(w for w, m in late.items() if m["trained"])
+    for w in set().union(*per_peer.values()):
+        assert len({per_peer[n][w]["fingerprint"] for n in names if w in per_peer[n]}) == 1, f"window {w}"

@@ -1,5 +1,3 @@
-import time
-
 import pytest
 import torch
 
@@ -91,15 +89,14 @@ def _publish(store, ident, window, **kw):
 
 def test_gather_classifies_every_peer_by_whose_fault_it_is(tmp_path):
     ids = {n: Identity.from_seed(n) for n in ("ok", "late", "bad", "absent", "stranger")}
-    stores = {n: FileStore(tmp_path / n) for n in ids}
-    opened = time.time()
+    now = [1_700_000_000.0]  # the stores' clock: uploads are stamped with it
+    stores = {n: FileStore(tmp_path / n, clock=lambda: now[0]) for n in ids}
+    slot = (now[0] - 1, now[0] + 10)
     _publish(stores["ok"], ids["ok"], 3)
     _publish(stores["bad"], ids["ok"], 3)  # signed by someone else
     copied = stores["bad"].get(keys.message(RUN, 3, ids["ok"].hotkey))
     stores["bad"].put(keys.message(RUN, 3, ids["bad"].hotkey), copied)
-    time.sleep(0.05)
-    slot = (opened - 1, time.time())
-    time.sleep(0.05)
+    now[0] = slot[1] + 0.5  # after the slot closed
     _publish(stores["late"], ids["late"], 3)
     _publish(stores["stranger"], ids["stranger"], 3)
     registered = {ids[n].hotkey for n in ("ok", "late", "bad", "absent")}

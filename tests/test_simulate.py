@@ -41,6 +41,7 @@ def test_lockstep_run_with_a_custom_adversary_is_reported_and_reproducible(tmp_p
     for name in ("report.md", "loss.png", "weights.png", "ratings.png", "factors.png", "metrics.jsonl"):
         assert (tmp_path / "a" / name).stat().st_size > 500, name
     assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 6
+    assert "last weights on chain, set after window 5" in (tmp_path / "a" / "report.md").read_text()
     second = simulate(tmp_path / "b", data_dir, *scenario)
     first.pop("wall_s"), second.pop("wall_s")
     assert first == second  # same seed, lockstep: identical apart from timings
@@ -63,6 +64,11 @@ def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_pat
     weights = {p["name"]: p["weight"] for p in summary["peers"]}
     assert min(weights["honest-0"], weights["honest-1"]) > max(weights["noise"], weights["crasher"])
     assert summary["honest_weight_share"] >= 0.9
+    # the weights shown are those the validator set at the last window (5 windows, weights every 2)
+    last = json.loads(next((tmp_path / "live" / "nodes" / "validator").rglob("0000000004/record.json")).read_text())
+    assert last["weights"] and "set after window 4" in (tmp_path / "live" / "report.md").read_text()
+    finals = {p["name"]: p["final_score"] for p in summary["peers"]}
+    assert all(finals[n] > 0 and weights[n] > 0 for n in ("honest-0", "honest-1")), (weights, finals)
 
 
 def test_live_run_on_an_embedded_s3_server(tmp_path, data_dir):

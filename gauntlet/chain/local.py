@@ -1,8 +1,11 @@
 """The embedded chain: one SQLite file that any number of processes share.
 
 Blocks advance with wall-clock time (``clock=wall``: ``block = (now − genesis) / block_time``; a
-creator may set genesis in the future, e.g. to let nodes boot, and the chain stays at block 0 until then) or
-only when told to (``clock=manual``: :meth:`LocalChain.advance`, for deterministic simulations).
+creator may set genesis in the future, and the chain stays at block 0 until then) or only when told
+to (``clock=manual``: :meth:`LocalChain.advance`, for deterministic simulations). A creator may also
+leave genesis *pending* (``genesis=math.inf``): nodes can register and commit but no time passes
+until someone calls :meth:`LocalChain.start` — e.g. once every node of a local network is up, so
+that none misses the first windows however long it took to boot.
 The clock settings are fixed by whoever creates the file; later openers read them from it. The file
 runs in WAL mode, every write is one ``BEGIN IMMEDIATE`` transaction, and every read one snapshot,
 so readers never see half a write. Registration (hotkeys, stakes, validator permits) is explicit:
@@ -12,6 +15,7 @@ so readers never see half a write. Registration (hotkeys, stakes, validator perm
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -43,6 +47,8 @@ class LocalChain:
             raise ChainError(f"local chain clock must be 'wall' or 'manual', not {clock!r}")
         if block_time <= 0:
             raise ChainError("local chain block_time must be positive")
+        if clock == "manual" and genesis is not None and math.isinf(genesis):
+            raise ChainError("a manual clock has no pending genesis: it starts when advance() is first called")
         self.path = Path(path).resolve()
         self.netuid = netuid
         self._now = now  # a manual clock records block times with this (a virtual clock in lockstep runs)
@@ -65,7 +71,7 @@ class LocalChain:
         except sqlite3.Error as exc:
             raise ChainError(f"cannot open local chain {self.path}: {exc}") from exc
         meta = dict(self._read("SELECT key, value FROM meta"))
-        self.genesis, self.block_time, self.clock = float(meta["genesis"]), float(meta["block_time"]), meta["clock"]
+        self._genesis, self.block_time, self.clock = float(meta["genesis"]), float(meta["block_time"]), meta["clock"]
 
     def _enable_wal(self, timeout: float) -> None:
         """Switch to WAL. Two processes creating the file at once can see "database is locked" here
@@ -105,10 +111,36 @@ class LocalChain:
 
     # ----------------------------------------------------------------------------------- clock
 
+    @property
+    def genesis(self) -> float:
+        """Unix time of block 0; ``inf`` while pending (read again until someone starts the chain)."""
+        if math.isinf(self._genesis):
+            self._genesis = float(self._read("SELECT value FROM meta WHERE key = 'genesis'")[0][0])
+        return self._genesis
+
+    @property
+    def started(self) -> bool:
+        return not math.isinf(self.genesis)
+
+    def start(self, at: float | None = None) -> float:
+        """Start a chain created with a pending genesis: block 0 at ``at`` (default: now). Returns
+        the genesis; a chain that has already started keeps its own."""
+        at = time.time() if at is None else float(at)
+        if math.isinf(at) or math.isnan(at):
+            raise ChainError("a chain must start at a finite time")
+        with self._write() as db:
+            db.execute("UPDATE meta SET value = ? WHERE key = 'genesis' AND value = 'inf'", (repr(at),))
+            db.execute("UPDATE block_times SET time = ? WHERE block = 0 AND time = ?", (at, math.inf))
+        self._genesis = math.inf
+        return self.genesis
+
     def block(self) -> int:
         if self.clock == "manual":
             return int(self._read("SELECT value FROM meta WHERE key = 'block'")[0][0])
-        return max(0, int((time.time() - self.genesis) / self.block_time))  # block 0 until genesis
+        genesis = self.genesis
+        if math.isinf(genesis):
+            return 0  # not started
+        return max(0, int((time.time() - genesis) / self.block_time))  # block 0 until genesis
 
     def advance(self, blocks: int = 1) -> int:
         """Move a manual clock forward; returns the new block."""

@@ -46,7 +46,7 @@ def _parquet(path: Path) -> Iterator[tuple[str, str]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ConfigError(f"reading {path} needs pyarrow: pip install pyarrow") from None
+        raise ConfigError(f"reading {path} needs pyarrow: pip install 'gauntlet[data]'") from None
     table = pq.read_table(path, columns=["text"])
     for n, text in enumerate(table.column("text").to_pylist()):
         yield f"{path.name}:{n}", text or ""
@@ -68,7 +68,7 @@ def _hub(spec: str) -> Iterator[tuple[str, str]]:
     try:
         from datasets import load_dataset
     except ImportError:
-        raise ConfigError(f"data source hf:{spec} needs the datasets package: pip install datasets") from None
+        raise ConfigError(f"data source hf:{spec} needs the datasets package: pip install 'gauntlet[data]'") from None
     rows = load_dataset(name, split=split or "train", streaming=True)
     for n, row in enumerate(rows):
         yield f"{name}:{n}", row.get("text") or ""
