@@ -238,6 +238,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=Setup.batch, help="sequences per replica per inner step")
     ap.add_argument("--replicas", type=int, default=Setup.replicas)
     ap.add_argument("--lr", type=float, default=Setup.lr, help="inner AdamW peak learning rate")
+    ap.add_argument("--eval-sequences", type=int, default=Setup.eval_sequences,
+                    help="held-out sequences of the validation loss")
     ap.add_argument("--log", default=str(RESULTS / "convergence-runs.jsonl"),
                     help="finished runs are appended here; runs already in it (same settings) are skipped")
     args = ap.parse_args()
@@ -247,7 +249,8 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     if unknown := set(methods) - set(METHODS):
         ap.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    s = Setup(model=args.model, replicas=args.replicas, steps=args.steps, batch=args.batch, lr=args.lr)
+    s = Setup(model=args.model, replicas=args.replicas, steps=args.steps, batch=args.batch, lr=args.lr,
+              eval_sequences=args.eval_sequences)
     if any(s.steps % h for h in hs):
         ap.error(f"--steps {s.steps} must be a multiple of every H ({hs})")
 

@@ -23,127 +23,19 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+if str(ROOT) not in sys.path:  # run as ``python benchmarks/report.py`` from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import report_convergence  # noqa: E402
+from benchmarks.report_convergence import human_bytes  # noqa: E402
 BEGIN, END = "<!-- results:begin (python benchmarks/report.py) -->", "<!-- results:end -->"
-LABELS = {"ddp": "AdamW DDP (all-reduce every step)", "diloco": "DiLoCo (dense fp32 Δ, Nesterov)",
-          "sparseloco": "SparseLoCo (EF, 1.56 %, 2-bit)", "topk_no_ef": "top-k 1.56 %, 2-bit, no EF",
-          "dense_8bit": "8-bit dense Δ, Nesterov"}
-
-
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} TB"
-
-
 def stamp(r: dict) -> str:
     return f"{r.get('machine', 'unknown machine')}, {r.get('threads', '?')} threads, {r.get('date', 'undated')}"
-
-
-# ------------------------------------------------------------------------------------ convergence
-
-def convergence_claims(res: dict, hs: list[int]) -> list[str]:
-    """The literature's expected orderings, checked against the measurement (never assumed)."""
-    out = []
-
-    def cell(method: str, h: int) -> dict | None:
-        return res.get(method, {}).get(str(h))
-
-    for h in hs:
-        s, d, n = cell("sparseloco", h), cell("diloco", h), cell("topk_no_ef", h)
-        if s and d:
-            gap = s["final_loss_mean"] - d["final_loss_mean"]
-            noise = max(s["final_loss_std"], d["final_loss_std"])
-            verdict = ("holds" if gap <= 0 else "holds within noise (gap ≤ the larger std)" if gap <= noise
-                       else "does **not** hold at this scale")
-            out.append(f"H={h}: SparseLoCo ≤ DiLoCo {verdict}: {s['final_loss_mean']:.3f} ± {s['final_loss_std']:.3f} "
-                       f"vs {d['final_loss_mean']:.3f} ± {d['final_loss_std']:.3f} (gap {gap:+.3f}).")
-            ratio = d["bytes_per_outer_step"] / s["bytes_per_outer_step"]
-            out.append(f"H={h}: SparseLoCo sends {ratio:.0f}× fewer bytes than DiLoCo's fp32 Δ "
-                       f"({'≥' if ratio >= 100 else '<'} 100×).")
-        if s and n:
-            gap = n["final_loss_mean"] - s["final_loss_mean"]
-            clear = gap > 2 * max(s["final_loss_std"], n["final_loss_std"], 1e-9)
-            out.append(f"H={h}: error feedback on vs off: {s['final_loss_mean']:.3f} vs {n['final_loss_mean']:.3f} — "
-                       + ("EF clearly better" if clear else "EF better, but not clearly (within 2 std)" if gap > 0
-                          else "EF **not** better at this scale") + ".")
-    return out
-
-
-def convergence_section(r: dict) -> tuple[list[str], list[list[str]]]:
-    s, res, hs = r["setup"], r["results"], r["h"]
-    lines = [
-        f"Convergence (`python benchmarks/convergence.py`): {s['replicas']} replicas of the `{s['model']}` model "
-        f"({r['parameters'] / 1e6:.1f}M parameters) simulated in one process, each on its own shard of the offline "
-        f"corpus; {s['steps']} AdamW inner steps of {s['batch']} sequences per replica for every method "
-        f"({r['tokens_per_replica']:,} tokens per replica, the same batches for every method), peak lr {s['lr']}, "
-        f"validation loss on {s['eval_sequences']} held-out sequences. {stamp(r)}.",
-        "",
-        "| method | H | final validation loss | seeds | bytes / replica / outer step | vs DiLoCo |",
-        "|---|---|---|---|---|---|",
-    ]
-    rows = []
-    for method in LABELS:
-        for h in hs:
-            c = res.get(method, {}).get(str(h))
-            if not c:
-                continue
-            d = res.get("diloco", {}).get(str(h))
-            rel = f"{d['bytes_per_outer_step'] / c['bytes_per_outer_step']:.3g}× fewer" if d else "—"
-            if method == "diloco":
-                rel = "1×"
-            elif d and c["bytes_per_outer_step"] > d["bytes_per_outer_step"]:
-                rel = f"{c['bytes_per_outer_step'] / d['bytes_per_outer_step']:.3g}× more"
-            lines.append(f"| {LABELS[method]} | {h} | {c['final_loss_mean']:.3f} ± {c['final_loss_std']:.3f} | "
-                         f"{len(c['seeds'])} | {human_bytes(c['bytes_per_outer_step'])} | {rel} |")
-            rows.append([method, h, c])
-    lines += ["", "Checked against the orderings the papers report:", ""]
-    claims = convergence_claims(res, hs)
-    lines += [f"- {claim}" for claim in claims]
-    outer = ", ".join(f"H={h}: {s['steps'] // h}" for h in hs)
-    lines += ["", f"Outer steps in this budget: {outer}."]
-    if any("does **not** hold" in c for c in claims):
-        lines[-1] += (" Error feedback with β = 0.95 remembers about 1/(1 − β) = 20 outer steps, so in a run "
-                      "this short much of what the replicas accumulate is still in their residuals when training "
-                      "stops, and the fewer the outer steps the larger that share; the papers' runs have thousands. "
-                      "That is our reading of where SparseLoCo trails, not something this benchmark isolates.")
-    lines += ["", "DDP has no outer step: its bytes are H fp32 gradients (what it sends while the others run H inner "
-              "steps), and its H rows are the same runs.", "", "![convergence](benchmarks/results/convergence.png)", ""]
-    return lines, rows
-
-
-def plot_convergence(r: dict) -> None:
-    res, hs = r["results"], r["h"]
-    fig, axes = plt.subplots(1, len(hs) + 1, figsize=(5 * (len(hs) + 1), 4))
-    for ax, h in zip(axes, hs):
-        for method, label in LABELS.items():
-            c = res.get(method, {}).get(str(h))
-            if c:
-                ax.plot(c["curve_steps"], c["curve_mean"], marker="o", ms=3, label=label)
-        ax.set(title=f"H = {h}", xlabel="inner steps per replica", ylabel="validation loss (mean over seeds)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    ax = axes[-1]
-    for method in LABELS:
-        for h, marker in zip(hs, "os^D"):
-            c = res.get(method, {}).get(str(h))
-            if c:
-                ax.errorbar(c["bytes_per_outer_step"] / h, c["final_loss_mean"], yerr=c["final_loss_std"],
-                            marker=marker, color=f"C{list(LABELS).index(method)}", ls="none",
-                            label=f"{method} H={h}")
-    ax.set(xscale="log", title="final loss vs bytes sent", xlabel="bytes per replica per inner step",
-           ylabel="final validation loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "convergence.png", dpi=110)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------- other benchmarks
@@ -286,9 +178,9 @@ def render(plots: bool = True) -> str:
              "date); `python benchmarks/report.py` rewrites this block and the plots.", ""]
     lines += glance(conv)
     if conv:
-        lines += convergence_section(conv)[0]
+        lines += report_convergence.section(conv, stamp(conv))
         if plots:
-            plot_convergence(conv)
+            report_convergence.plot(conv, RESULTS / "convergence.png")
     else:
         lines += ["Convergence: not run (`python benchmarks/convergence.py`).", ""]
     lines += codec_section() + validator_section() + storage_section()

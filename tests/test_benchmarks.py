@@ -15,16 +15,19 @@ def test_convergence_reports_loss_and_bytes_per_method_and_h(tmp_path):
     out = subprocess.run(
         [sys.executable, "benchmarks/convergence.py", "--steps", "2", "--h", "1,2", "--seeds", "0,1", "--batch", "1",
          "--replicas", "2", "--methods", "ddp,diloco,sparseloco,topk_no_ef,dense_8bit", "--json", "--no-save",
-         "--log", str(tmp_path / "runs.jsonl"), "--threads", "1"],
+         "--log", str(tmp_path / "runs.jsonl"), "--threads", "1", "--eval-sequences", "8"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
     result = json.loads(out.stdout.splitlines()[0])
     res = result["results"]
     assert set(res) == {"ddp", "diloco", "sparseloco", "topk_no_ef", "dense_8bit"}
     for method, by_h in res.items():
         assert set(by_h) == {"1", "2"}, method
-        for cell in by_h.values():
+        for h, cell in by_h.items():
             assert {"final_loss_mean", "final_loss_std", "seeds", "bytes_per_outer_step"} <= set(cell)
-            assert cell["seeds"] == [0, 1] and cell["final_loss_std"] >= 0
+            assert cell["seeds"] == [0, 1] and cell["final_loss_std"] >= 0 and cell["steps"] == 2
+            # a point before training and after every outer step (DDP: every min(H) steps)
+            assert cell["curve_steps"] == ([0, 1, 2] if method == "ddp" or h == "1" else [0, 2])
+            assert all(lo <= m <= hi for lo, m, hi in zip(cell["curve_min"], cell["curve_mean"], cell["curve_max"]))
     for h in ("1", "2"):
         dense = res["diloco"][h]["bytes_per_outer_step"]
         assert res["sparseloco"][h]["bytes_per_outer_step"] * 100 < dense  # ≥ 100x fewer than fp32 Δ
@@ -34,6 +37,17 @@ def test_convergence_reports_loss_and_bytes_per_method_and_h(tmp_path):
     # the run log makes a second invocation skip every finished run
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     assert len(lines) == 2 * (1 + 4 * 2)
+
+
+def test_the_crossing_point_is_where_sparseloco_stays_below_diloco_for_good():
+    from benchmarks.report_convergence import crossing
+
+    diloco = {"curve_steps": [0, 15, 30, 45, 60], "curve_mean": [5.0, 3.0, 2.8, 2.7, 2.6]}
+    dips_then_crosses = {"curve_steps": [0, 15, 30, 45, 60], "curve_mean": [5.0, 3.5, 2.7, 2.75, 2.5]}
+    assert crossing(dips_then_crosses, diloco) == {"step": 60, "index": 3, "largest_gap_before": 0.5}
+    below_from_30 = {"curve_steps": [0, 15, 30, 45, 60], "curve_mean": [5.0, 3.2, 2.8, 2.6, 2.5]}
+    assert crossing(below_from_30, diloco) == {"step": 30, "index": 1, "largest_gap_before": pytest.approx(0.2)}
+    assert crossing({"curve_steps": [0, 15, 60], "curve_mean": [5.0, 2.9, 2.7]}, diloco) is None  # ends above
 
 
 def test_report_renders_every_saved_result(tmp_path):
