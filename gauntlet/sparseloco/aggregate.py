@@ -2,10 +2,12 @@
 
 Per tensor, with P peers in a canonical order:
 
-1. decode every peer's values (one gather over all peers at once);
-2. clip: scale each peer's values by ``min(1, median_norm / norm_p)`` where ``norm_p`` is the L2
+1. clip: scale each peer's values by ``min(1, median_norm / norm_p)`` where ``norm_p`` is the L2
    norm of peer p's decoded values for this tensor and ``median_norm`` the lower median over peers
-   (``torch.median``, as the reference);
+   (``torch.median``, as the reference). A coded tensor's norm comes from its codes' histogram,
+   ``sqrt(Σ_b count_b · lookup_b²)`` in float64: exact counts, so a rank that decodes only some rows
+   computes the same norm as one that decodes all of them;
+2. decode the values of the rows wanted (all of them, or a rank's shard) in one gather;
 3. combine: ``mean`` sums and divides by P; ``scatter_mean`` divides each coordinate by the number
    of peers that sent it;
 4. outer step: ``θ ← θ − α · aggregate`` (plain SGD, no momentum).
@@ -13,7 +15,8 @@ Per tensor, with P peers in a canonical order:
 On CPU one ``scatter_add_`` sums all peers; it is deterministic, so every node gets bit-identical
 weights for the same gathered set in the same order. On accelerators, where scatter-add uses
 atomics, peers are folded one after another (indices are unique within a peer, so each fold is
-exact and order-fixed).
+exact and order-fixed). Every element's result depends only on that element's inputs, in peer order,
+so decoding a shard of the rows gives exactly the bits of those rows in the whole tensor.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from gauntlet.errors import InvalidMessage
-from gauntlet.sparseloco.chunking import TensorLayout
 from gauntlet.sparseloco.compress import CompressedTensor
+
+Rows = tuple[int, int]  # a dim-0 slice [start, stop) of a tensor (what a Shard(0) rank holds)
 
 
 def clip_scales(norms: torch.Tensor, enabled: bool = True) -> torch.Tensor:
@@ -36,18 +40,24 @@ def clip_scales(norms: torch.Tensor, enabled: bool = True) -> torch.Tensor:
     return torch.where(norms > median, median / safe, torch.ones_like(norms))
 
 
-def _peer_values(parts: Sequence[CompressedTensor]) -> torch.Tensor:
-    """(P, ...) float32 decoded values of every peer, in one gather when all are coded."""
-    if all(p.raw is None for p in parts):
-        codes = torch.stack([p.codes for p in parts])
-        lookups = torch.stack([p.lookup for p in parts])
-        return lookups.gather(1, codes.view(len(parts), -1).long()).view(codes.shape)
-    return torch.stack([p.values() for p in parts])
+def value_norm(part: CompressedTensor) -> torch.Tensor:
+    """L2 norm (float32 scalar) of one peer's decoded values of a tensor."""
+    if part.raw is not None:
+        return part.raw.double().square().sum().sqrt().float()
+    counts = torch.bincount(part.codes.reshape(-1).long(), minlength=part.lookup.numel())
+    return (counts.double() * part.lookup.double().square()).sum().sqrt().float()
 
 
-def _scatter_sum(lay: TensorLayout, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+def _chunk_values(parts: Sequence[CompressedTensor], c0: int, c1: int) -> torch.Tensor:
+    """(P, c1 − c0, k) float32 values of chunks [c0, c1) of every (sparse) peer, in one gather."""
+    codes = torch.stack([p.codes[c0:c1] for p in parts])
+    lookups = torch.stack([p.lookup for p in parts])
+    return lookups.gather(1, codes.view(len(parts), -1).long()).view(codes.shape)
+
+
+def _scatter_sum(shape: tuple[int, int], idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
     """Sum (P, C, k) values at (P, C, k) chunk-local indices into a (C, chunk_numel) buffer."""
-    out = torch.zeros(lay.buffer_shape, dtype=vals.dtype, device=vals.device)
+    out = torch.zeros(shape, dtype=vals.dtype, device=vals.device)
     if vals.device.type == "cpu":
         peers, chunks, k = vals.shape
         flat = (chunks, peers * k)  # chunk-major: one row per chunk holding every peer's values
@@ -58,36 +68,48 @@ def _scatter_sum(lay: TensorLayout, idx: torch.Tensor, vals: torch.Tensor) -> to
     return out
 
 
-def aggregate_tensor(
-    parts: Sequence[CompressedTensor], combine: str = "mean", clip_to_median: bool = True
-) -> torch.Tensor:
-    """Aggregate one tensor's updates from P peers into a float32 tensor of the original shape."""
+def aggregate_tensor(parts: Sequence[CompressedTensor], combine: str = "mean", clip_to_median: bool = True,
+                     rows: Rows | None = None) -> torch.Tensor:
+    """Aggregate one tensor's updates from P peers: a float32 tensor of the original shape, or, with
+    ``rows``, only its dim-0 slice ``[start, stop)`` (decoding only the chunks those rows touch)."""
     if not parts:
         raise ValueError("aggregate needs at least one peer's update")
     lay = parts[0].layout
     if any(p.layout != lay for p in parts):
         raise InvalidMessage(f"peers disagree on the layout of a tensor of shape {lay.shape}")
-    vals = _peer_values(parts)
-    peers = vals.shape[0]
-    scale = clip_scales(vals.reshape(peers, -1).norm(dim=1), clip_to_median)
-    if not lay.sparse:
-        total = (vals * scale[:, None]).sum(dim=0)
-        return total.div_(peers).reshape(lay.shape)
-    if combine == "mean":
-        vals = vals * (scale / peers)[:, None, None]
-        return lay.from_chunks(_scatter_sum(lay, torch.stack([p.idx for p in parts]), vals))
-    if combine != "scatter_mean":
+    if combine not in ("mean", "scatter_mean"):
         raise ValueError(f"combine must be 'mean' or 'scatter_mean', not {combine!r}")
-    idx = torch.stack([p.idx for p in parts])
-    total = _scatter_sum(lay, idx, vals * scale[:, None, None])
-    counts = _scatter_sum(lay, idx, torch.ones_like(vals))
-    return lay.from_chunks(total.div_(counts.clamp_min_(1)))
+    peers = len(parts)
+    start, stop = rows if rows is not None else (0, lay.shape[0] if lay.shape else 1)
+    scale = clip_scales(torch.stack([value_norm(p) for p in parts]), clip_to_median)
+    if not lay.sparse or len(lay.shape) == 1:  # dense, or a sparse 1-D tensor (one tile-row): whole
+        if lay.sparse:
+            whole = aggregate_tensor(parts, combine, clip_to_median)
+        else:
+            vals = torch.stack([p.values() for p in parts])
+            whole = (vals * scale[:, None]).sum(dim=0).div_(peers).reshape(lay.shape)
+        return whole if rows is None else whole[start:stop]
+    t0, t1 = lay.tile_rows_of(start, stop)
+    c0, c1 = t0 * lay.tiles_c, t1 * lay.tiles_c
+    vals = _chunk_values(parts, c0, c1)
+    idx = torch.stack([p.idx[c0:c1] for p in parts])
+    shape = (c1 - c0, lay.chunk_numel)
+    if combine == "mean":
+        total = _scatter_sum(shape, idx, vals * (scale / peers)[:, None, None])
+    else:
+        total = _scatter_sum(shape, idx, vals * scale[:, None, None])
+        total.div_(_scatter_sum(shape, idx, torch.ones_like(vals)).clamp_min_(1))
+    block = lay.block_from_chunks(total, t0, t1)  # rows of tile-rows [t0, t1)
+    first = lay.block_rows(t0, t1)[0]
+    return block[start - first: stop - first].reshape((stop - start, *lay.shape[1:]))
 
 
 def aggregate(
-    updates: Sequence[Mapping[str, CompressedTensor]], combine: str = "mean", clip_to_median: bool = True
+    updates: Sequence[Mapping[str, CompressedTensor]], combine: str = "mean", clip_to_median: bool = True,
+    rows: Mapping[str, Rows] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Aggregate P peers' updates (each ``{name: CompressedTensor}``, same names) tensor by tensor.
+    """Aggregate P peers' updates (each ``{name: CompressedTensor}``, same names) tensor by tensor;
+    with ``rows`` (name → dim-0 slice), only those rows of each tensor (a Shard(0) rank's part).
 
     The order of ``updates`` is part of the result's last bits: callers sort peers canonically
     (e.g. by hotkey) so that every node computes identical weights.
@@ -97,12 +119,17 @@ def aggregate(
     names = sorted(updates[0])
     if any(sorted(u) != names for u in updates[1:]):
         raise InvalidMessage("peers' updates cover different sets of tensors")
-    return {n: aggregate_tensor([u[n] for u in updates], combine, clip_to_median) for n in names}
+    return {n: aggregate_tensor([u[n] for u in updates], combine, clip_to_median,
+                                None if rows is None else rows[n]) for n in names}
 
 
 @torch.no_grad()
 def outer_step(params: Mapping[str, torch.Tensor], agg: Mapping[str, torch.Tensor], lr: float) -> None:
-    """SparseLoCo's outer step: ``θ ← θ − lr · aggregate`` for every aggregated tensor."""
+    """SparseLoCo's outer step: ``θ ← θ − lr · aggregate`` for every aggregated tensor.
+
+    ``lr · aggregate`` is rounded before the subtraction (no fused multiply-add), so a rank that
+    holds some rows of a parameter computes exactly the bits a single process computes for them."""
     for name, update in agg.items():
         p = params[name]
-        p.sub_(update.to(device=p.device, dtype=p.dtype), alpha=lr)
+        update = update.to(device=p.device, dtype=p.dtype)
+        p.sub_(update if lr == 1.0 else update * lr)

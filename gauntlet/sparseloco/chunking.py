@@ -107,14 +107,20 @@ class TensorLayout:
         return self._tile(x.reshape(self.rows, self.cols))
 
     def add_into_chunks(self, buf: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> None:
-        """``buf += alpha * to_chunks(x)`` without materialising the chunked copy when unpadded."""
+        """``buf += alpha * to_chunks(x)`` without materialising the chunked copy when unpadded.
+
+        ``alpha · x`` is rounded before the addition (two exactly rounded operations, never a fused
+        multiply-add), so the result does not depend on how the tensors are laid out in memory: a
+        rank holding some rows of ``x`` computes the same bits for them (see :mod:`.sharding`)."""
+        if alpha != 1.0:
+            x = x * alpha
         if not self.sparse:
-            buf.add_(x.reshape(-1), alpha=alpha)
+            buf.add_(x.reshape(-1))
         elif self.padded:
-            buf.add_(self._tile(x.reshape(self.rows, self.cols).to(buf.dtype)), alpha=alpha)
+            buf.add_(self._tile(x.reshape(self.rows, self.cols).to(buf.dtype)))
         else:
             view = x.reshape(self.tiles_r, self.side_r, self.tiles_c, self.side_c).permute(0, 2, 1, 3)
-            buf.view(self.tiles_r, self.tiles_c, self.side_r, self.side_c).add_(view, alpha=alpha)
+            buf.view(self.tiles_r, self.tiles_c, self.side_r, self.side_c).add_(view)
 
     def chunk_view_of(self, x: torch.Tensor) -> torch.Tensor:
         """A strided 4-D view of an unpadded tensor, indexed like ``buffer.view(tr, tc, sr, sc)``."""
@@ -128,6 +134,45 @@ class TensorLayout:
         tiles = buf.reshape(self.tiles_r, self.tiles_c, self.side_r, self.side_c).permute(0, 2, 1, 3)
         full = tiles.reshape(self.tiles_r * self.side_r, self.tiles_c * self.side_c)
         return full[: self.rows, : self.cols].reshape(self.shape)
+
+
+    # ---------------------------------------------------------------------- blocks of tile-rows
+    # A rank that holds some rows of a tensor works on the tile-rows [t0, t1) those rows touch (or
+    # that it owns, see :mod:`.sharding`): chunks t0·tiles_c … t1·tiles_c − 1, a contiguous range.
+
+    def tile_rows_of(self, start: int, stop: int) -> tuple[int, int]:
+        """Tile-rows overlapping rows [start, stop) of the 2-D view (empty range when start == stop)."""
+        if start >= stop:
+            return (0, 0)
+        return start // self.side_r, -(-stop // self.side_r)
+
+    def block_rows(self, t0: int, t1: int) -> tuple[int, int]:
+        """Rows of the 2-D view covered by tile-rows [t0, t1)."""
+        return min(self.rows, t0 * self.side_r), min(self.rows, t1 * self.side_r)
+
+    def block_to_chunks(self, x2d: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """Chunks of tile-rows [t0, t1) from the rows they cover (``x2d``: those rows × cols)."""
+        pr = (t1 - t0) * self.side_r - x2d.shape[0]
+        pc = self.tiles_c * self.side_c - self.cols
+        if pr or pc:
+            x2d = F.pad(x2d, (0, pc, 0, pr))
+        tiles = x2d.reshape(t1 - t0, self.side_r, self.tiles_c, self.side_c).permute(0, 2, 1, 3)
+        return tiles.reshape((t1 - t0) * self.tiles_c, self.chunk_numel)
+
+    def block_from_chunks(self, buf: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """The rows (× cols) of tile-rows [t0, t1) held by their chunks (padding dropped)."""
+        n = t1 - t0
+        tiles = buf.reshape(n, self.tiles_c, self.side_r, self.side_c).permute(0, 2, 1, 3)
+        full = tiles.reshape(n * self.side_r, self.tiles_c * self.side_c)
+        lo, hi = self.block_rows(t0, t1)
+        return full[: hi - lo, : self.cols]
+
+    def block_pad_index(self, t0: int, t1: int) -> torch.Tensor | None:
+        """Flat padding positions within the chunks of tile-rows [t0, t1), or None."""
+        if self.pad_mask is None:
+            return None
+        mask = self.pad_mask[t0 * self.tiles_c: t1 * self.tiles_c]
+        return mask.reshape(-1).nonzero().squeeze(1) if bool(mask.any()) else None
 
 
 def make_layout(shape: tuple[int, ...] | torch.Size, cfg: SparseLoCoConfig) -> TensorLayout:

@@ -52,11 +52,15 @@ class CompressedTensor:
         return lay.from_chunks(buf)
 
 
-def select_topk(buf: torch.Tensor, layout: TensorLayout) -> torch.Tensor:
-    """Chunk-local indices (int64, ascending per chunk) of the k largest magnitudes per chunk."""
+def select_topk(buf: torch.Tensor, layout: TensorLayout, pad_index: torch.Tensor | None = None,
+                whole: bool = True) -> torch.Tensor:
+    """Chunk-local indices (int64, ascending per chunk) of the k largest magnitudes per chunk.
+    ``buf`` holds all chunks (``whole``) or a block of them whose padding is at ``pad_index``."""
     mag = buf.abs()
-    if layout.pad_index is not None:
-        mag.view(-1).index_fill_(0, layout.pad_index.to(mag.device), -1.0)
+    if whole:
+        pad_index = layout.pad_index
+    if pad_index is not None:
+        mag.view(-1).index_fill_(0, pad_index.to(mag.device), -1.0)
     idx = mag.topk(layout.k, dim=1, sorted=False).indices
     return idx.sort(dim=1).values
 
