@@ -71,7 +71,7 @@ def test_sharded_messages_are_byte_identical_to_one_process(world, bits):
     expected, whole_ef = whole_messages(cfg, windows)
     ranks = sharded_messages(cfg, windows, world)
     assert ranks[0][0] == expected  # every window's message, byte for byte
-    for messages, buffers, rows in ranks:  # and every rank's residual rows equal the whole residual's
+    for _, buffers, rows in ranks:  # and every rank's residual rows equal the whole residual's
         for name in SHAPES:
             assert torch.equal(buffers[name], whole_ef.residual(name)[slice(*rows[name])]), (world, name)
 
