@@ -51,6 +51,13 @@ def add_node_arguments(p: argparse.ArgumentParser, role: str) -> dict[str, argpa
     g.add_argument("--data-dir", type=Path, help="prepared datasets cache (default ~/.cache/gauntlet/data)")
     g.add_argument("--until-window", type=int, help="stop after this window (default: run forever)")
     g.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    g = groups["devices"] = p.add_argument_group(
+        "devices (one process, or N processes with the model sharded over them by FSDP2)")
+    g.add_argument("--nproc", type=int, metavar="N",
+                   help="run on N processes: starts `torchrun --standalone --nproc_per_node N` with these same "
+                        "arguments (one process per GPU; gloo on CPU). Equivalent to launching with torchrun yourself")
+    g.add_argument("--dist-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds a collective may wait for the other ranks before this node stops with an error")
     return groups
 
 
@@ -136,3 +143,81 @@ def stop_on_signals(node):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def relaunch_under_torchrun(nproc: int) -> None:
+    """Replace this process by ``torchrun --standalone --nproc_per_node N -m peers.cli <same args>``."""
+    if nproc < 1:
+        raise ConfigError("--nproc must be at least 1")
+    rest, skip = [], False
+    for arg in sys.argv[1:]:  # torchrun's own parser would take --nproc for its --nproc-per-node
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "peers.cli", *rest]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+def run_node(args, role: str, start) -> int:
+    """Run a node on this process, or on the ranks of a torchrun job: rank 0 opens the chain and the
+    store and runs ``start(cfg, identity, chain, store, card, world)``; every other rank builds the
+    same model, shards it, and serves rank 0's engine operations until rank 0 stops."""
+    from gauntlet.config import load_config
+    from gauntlet.parallel.world import init_world, launched_by_torchrun, shutdown
+
+    if not launched_by_torchrun():
+        if args.nproc:
+            relaunch_under_torchrun(args.nproc)
+        return start(*open_node(args, role), None)
+    cfg = load_config(args.config, args.overrides)
+    world = init_world(cfg.model.device, args.dist_timeout)
+    try:
+        if args.nproc and args.nproc != world.size:
+            raise ConfigError(f"--nproc {args.nproc} but torchrun started {world.size} processes")
+        if cfg.train.batch_size % world.size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be a multiple of the {world.size} ranks "
+                              f"(each rank trains an equal share of every batch)")
+        if world.main:
+            opened = open_node(args, role)
+            _prepare_data(cfg, args)
+            _barrier(world)
+            return start(*opened, world)
+        _serve(cfg, args, world, train=role == "peer")
+        return 0
+    finally:
+        shutdown(world)
+
+
+def _prepare_data(cfg, args) -> Path:
+    from gauntlet.data import prepare
+    from peers.node import default_data_dir
+
+    return prepare(cfg.data, args.data_dir or default_data_dir())
+
+
+def _barrier(world) -> None:
+    import torch.distributed as dist
+
+    dist.barrier(group=world.control)
+
+
+def _serve(cfg, args, world, train: bool) -> None:
+    """A rank other than 0: no chain, no storage, no wallet; the model's shards and rank 0's commands."""
+    from gauntlet.data import TokenDataset
+    from gauntlet.models import build_model
+    from peers.engine import ModelEngine
+
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank {world.rank} %(levelname)s %(name)s: "
+                        "%(message)s")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0 decides when to stop, and tells the others
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _barrier(world)  # rank 0 has prepared the data
+    vocab = TokenDataset(_prepare_data(cfg, args), "train").vocab_size
+    model = build_model(cfg.model, vocab, cfg.data.seq_len, seed=cfg.seed)
+    ModelEngine(cfg, model, world, train=train).serve()

@@ -47,7 +47,7 @@ def _own_part(result: GatherResult, hotkey: str, trained: bool, uploaded: bool, 
 
 def _others_part(result: GatherResult, hotkey: str) -> str:
     if result.list_unreadable:
-        return f"the validator's peer list is missing or unreadable ({result.list_unreadable})"
+        return f"the validator's peer list could not be read ({result.list_unreadable})"
     others = {
         "uploaded nothing": [h for h in result.missing if h != hotkey],
         "uploaded outside the slot": [h for h in result.outside_slot if h != hotkey],

@@ -17,6 +17,7 @@ from gauntlet.data import TokenDataset, prepare
 from gauntlet.errors import ChainError, InvalidCommitment, InvalidMessage, ObjectNotFound, StorageError
 from gauntlet.identity import Identity
 from gauntlet.models import build_model
+from gauntlet.parallel.world import World
 from gauntlet.storage import BucketCard, ObjectStore, keys, store_from_card
 from gauntlet.uniqueness import assigned_indices
 from peers.artefacts import decode_artefact
@@ -37,6 +38,7 @@ class NodeOptions:
     trust_validator: str | None = None  # whose checkpoints/aggregates/lists to use (default: highest stake)
     durable: bool = True  # fsync state files (simulations in one process may skip it)
     message_cache: dict | None = None  # decoded messages shared by the nodes of one process (lockstep)
+    world: World | None = None  # the ranks of a torchrun job (this process is rank 0); None: one process
 
 
 def default_data_dir() -> Path:
@@ -50,15 +52,20 @@ class StopRequested(Exception):
 
 
 class Node:
+    TRAINS = False  # whether the node's engine has an inner optimiser and error feedback (peers)
+
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: NodeOptions) -> None:
+        from peers.engine import ModelEngine
+
         self.cfg, self.identity, self.chain, self.store, self.opts = cfg, identity, chain, store, opts
         self.run, self.run_hash = cfg.run_name, cfg.run_hash()
         root = prepare(cfg.data, opts.data_dir)
         self.train_set, self.val_set = TokenDataset(root, "train"), TokenDataset(root, "val")
         self.model = build_model(cfg.model, self.train_set.vocab_size, cfg.data.seq_len, seed=cfg.seed)
-        self.params = dict(self.model.named_parameters())
-        self.spec = {n: tuple(p.shape) for n, p in self.params.items()}
+        # the weights, on this process or sharded over the ranks of a torchrun job (rank 0 drives)
+        self.engine = ModelEngine(cfg, self.model, opts.world, train=self.TRAINS)
+        self.params, self.spec = self.engine.params, self.engine.spec
         self._sources: dict[bytes, ObjectStore] = {}
         self._stop_reason: str | None = None
         opts.run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +86,7 @@ class Node:
         while True:
             if self._stop_reason is not None:
                 raise StopRequested(self._stop_reason)
+            self.engine.idle()
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -211,20 +219,33 @@ class Node:
         return decode_artefact(data, kind=kind, run=self.run_hash, window=window, trusted={hotkey}, spec=self.spec,
                                max_bytes=limit)
 
+    def list_deadline(self, window: int) -> float:
+        """A validator's peer list for ``window`` counts only if its object was written by then
+        (store time): the boundary where the window's uploads start, plus the slot's grace. Every
+        node — the validator included — compares the same stored time with the same chain time, so
+        a list published late (a validator restarting, or too slow) is ignored by all alike."""
+        return self.window_start(window + 1) + self.cfg.timing.slot_grace_s
+
     def peer_list(self, window: int) -> PeerList | None:
-        """The trusted validator's list for ``window``, if it published one. Raises StorageError
-        when the validator's store cannot be read (the caller cannot know whether a list exists)."""
+        """The trusted validator's list for ``window`` if it published one in time (see
+        :meth:`list_deadline`). Raises StorageError when the validator's store cannot be read (the
+        caller cannot know whether a list exists)."""
         source = self.validator_store()
         if source is None:
             return None
         try:
-            data = source[1].get(keys.peer_list(self.run, window), max_bytes=PEER_LIST_MAX_BYTES)
-            return decode_peer_list(data, run=self.run_hash, window=window, trusted={source[0]})
+            data, info = source[1].read(keys.peer_list(self.run, window), max_bytes=PEER_LIST_MAX_BYTES)
+            listed = decode_peer_list(data, run=self.run_hash, window=window, trusted={source[0]})
         except ObjectNotFound:
             return None
         except InvalidMessage as exc:
             log.warning("window %d: unusable peer list from %s: %s", window, source[0][:12], exc)
             return None
+        if info.last_modified > self.list_deadline(window):
+            log.info("window %d: the validator's peer list came %.1f s late; every valid message counts", window,
+                     info.last_modified - self.list_deadline(window))
+            return None
+        return listed
 
     def gather(self, window: int, in_slot: bool = True, listed: PeerList | None = None,
                use_list: bool = True, network: tuple | None = None) -> GatherResult:
@@ -235,11 +256,7 @@ class Node:
         list_error = None
         if listed is None and use_list and in_slot:
             try:
-                listed = self.peer_list(window)
-                if listed is None and window > 0 and self.peer_list(window - 1) is not None:
-                    # the validator lists every window; this one's list is not out yet (it is late or
-                    # restarting): the set it will aggregate is unknown, so do not guess "everyone"
-                    list_error = f"the validator has not published its list for window {window} yet"
+                listed = self.peer_list(window)  # None: no list in time, every valid message counts
             except StorageError as exc:
                 list_error = str(exc)
                 log.warning("window %d: cannot read the validator's peer list: %s", window, exc)

@@ -30,19 +30,16 @@ import torch
 
 from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
-from gauntlet.errors import ChainError, InvalidMessage, ObjectNotFound, StorageError
+from gauntlet.errors import ChainError, ConfigError, InvalidMessage, ObjectNotFound, StorageError
 from gauntlet.identity import Identity
-from gauntlet.models import mean_loss
-from gauntlet.scoring import weight_sample
-from gauntlet.sparseloco import ErrorFeedback, aggregate, encode_message, fingerprint, outer_step
+from gauntlet.sparseloco import encode_message
 from gauntlet.storage import ObjectStore, keys
 from gauntlet.uniqueness import assigned_indices
 from peers.behaviours import Behaviour, WindowContext
 from peers.explain import window_line
 from peers.gather import GatherResult
 from peers.node import Node, NodeOptions, StopRequested, default_data_dir  # noqa: F401  (re-exported)
-from peers.state import LocalState, load_state, save_state
-from peers.training import InnerTrainer
+from peers.state import LocalState, parse_state_meta, state_meta
 
 log = logging.getLogger("gauntlet.peer")
 
@@ -57,13 +54,15 @@ class PeerOptions(NodeOptions):
 
 class Peer(Node):
     CATCH_UP_WINDOWS = 2  # replay up to this many missed windows; further behind, load a checkpoint
+    TRAINS = True
 
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: PeerOptions, behaviour: Behaviour | None = None) -> None:
         super().__init__(cfg, identity, chain, store, opts)
         self.behaviour = behaviour or Behaviour()
-        self.trainer = InnerTrainer(self.model, cfg.inner, cfg.model.autocast_bf16)
-        self.error_feedback = ErrorFeedback(self.spec, cfg.sparseloco, next(self.model.parameters()).device)
+        if self.engine.sharded and type(self.behaviour) is not Behaviour:
+            raise ConfigError("a peer sharded over several ranks runs the honest behaviour only")
+        self.trainer, self.error_feedback = self.engine.trainer, self.engine.error_feedback
         n_val = min(len(self.val_set), cfg.train.eval_batches * cfg.train.batch_size)
         self.val_batches = list(self.val_set.batch(list(range(n_val))).split(cfg.train.batch_size))
         self.window_done = -1
@@ -90,9 +89,7 @@ class Peer(Node):
             except (StorageError, InvalidMessage) as exc:
                 log.warning("skipping checkpoint of window %d: %s", window, exc)
                 continue
-            with torch.no_grad():
-                for name, p in self.params.items():
-                    p.copy_(tensors[name].to(p.dtype))
+            self.engine.load_full(tensors)
             self.window_done = window
             self._event("checkpoint", window=window, validator=source[0])
             log.info("loaded validator %s's checkpoint of window %d", source[0][:12], window)
@@ -114,13 +111,9 @@ class Peer(Node):
     # ------------------------------------------------------------------------------ one window
 
     def _train(self, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Inner steps from the current weights; returns Δ = θ₀ − θ and restores θ₀."""
-        anchor = {n: p.detach().clone() for n, p in self.params.items()}
-        self._train_loss = self.trainer.train(batches)
-        with torch.no_grad():
-            delta = {n: anchor[n] - p.detach() for n, p in self.params.items()}
-            for n, p in self.params.items():
-                p.copy_(anchor[n])
+        """Inner steps from the current weights; returns Δ = θ₀ − θ (this rank's rows when sharded)
+        and restores θ₀."""
+        delta, self._train_loss = self.engine.train(list(batches))
         return delta
 
     def context(self, window: int) -> WindowContext:
@@ -148,7 +141,7 @@ class Peer(Node):
         delta = self.behaviour.pseudo_gradient(ctx)
         data = None
         if delta is not None:
-            cts = self.error_feedback.compress(delta)
+            cts = self.engine.compress(None if delta is self.engine.delta else delta)
             data = encode_message(cts, window=window, run=self.run_hash, codec=self.cfg.sparseloco,
                                   signer=self.identity, extra={"declared": self.opts.declared or {}})
             data = self.behaviour.tamper(ctx, data)
@@ -191,14 +184,12 @@ class Peer(Node):
                         window, len(result.failed), len(result.messages))
         ordered = result.ordered()
         if ordered:
-            agg = aggregate([m.tensors for _, m in ordered], self.cfg.sparseloco.combine,
-                            self.cfg.sparseloco.clip_to_median)
-            self._step(agg)
+            self.last_aggregate = self.engine.apply([m for _, m in ordered])
         return result
 
     def _step(self, agg: dict[str, torch.Tensor]) -> None:
-        """The outer step with ``agg``, remembered as the last aggregate applied."""
-        outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
+        """The outer step with a whole aggregate (the validator's), remembered as the last applied."""
+        self.engine.apply_full(agg)
         self.last_aggregate = agg
 
     def _train_and_upload(self, window: int) -> dict:
@@ -221,19 +212,19 @@ class Peer(Node):
 
     def finish(self, window: int, result: GatherResult, facts: dict, follows_network: bool = True) -> None:
         """Step 4: publish the fingerprint, save the state, log the window (metrics line + one log line)."""
-        fp = fingerprint(self.params)
-        sample = weight_sample(self.params, self.cfg.validator.weight_sample, seed=self.cfg.seed)
+        fp = self.engine.fingerprint()
+        sample = self.engine.weight_sample(self.cfg.validator.weight_sample, self.cfg.seed)
         try:
             self.store.put(keys.fingerprint(self.run, window, self.identity.hotkey),
                            json.dumps({"window": window, "fingerprint": fp, "sample": sample}).encode())
         except StorageError as exc:
             log.warning("window %d: could not publish the fingerprint: %s", window, exc)
-        val = mean_loss(self.model, self.val_batches, self.cfg.model.autocast_bf16)
+        val = self.engine.mean_loss(self.val_batches)
         self.window_done = window
-        save_state(self.opts.run_dir, LocalState(window, self.trainer.step, self.run), self.model,
-                   self.error_feedback, self.trainer.optimizer, durable=self.opts.durable)
+        self.engine.save_state(str(self.opts.run_dir), "state", window,
+                               state_meta(LocalState(window, self.trainer.step, self.run)), self.opts.durable)
         line = {"window": window, "time": time.time(), "hotkey": self.identity.hotkey, "val_loss": round(val, 5),
-                "fingerprint": fp, "ef_checksum": fingerprint(self.error_feedback.buffers)[:16],
+                "fingerprint": fp, "ef_checksum": self.engine.ef_checksum()[:16],
                 "gathered": sorted(result.messages), "missing": result.missing,
                 "outside_slot": sorted(result.outside_slot), "invalid": result.invalid, "failed": result.failed,
                 "used_published_aggregate": result.used_published,
@@ -253,8 +244,8 @@ class Peer(Node):
         from peers.export import export_hf, push_to_hub
 
         try:
-            out = export_hf(self.model, self.opts.export_hf, run=self.run, window=window,
-                            tokenizer_spec=self.cfg.data.tokenizer)
+            out = export_hf(self.engine.whole_model(self.train_set.vocab_size), self.opts.export_hf, run=self.run,
+                            window=window, tokenizer_spec=self.cfg.data.tokenizer)
             log.info("exported the model after window %d to %s", window, out)
             if self.opts.push_to_hub:
                 push_to_hub(out, self.opts.push_to_hub)
@@ -264,8 +255,8 @@ class Peer(Node):
     # ------------------------------------------------------------------------------- lifecycle
 
     def _event(self, event: str, **fields) -> dict:
-        line = {"event": event, "time": time.time(), "ef_checksum": fingerprint(self.error_feedback.buffers)[:16],
-                "fingerprint": fingerprint(self.params), **fields}
+        line = {"event": event, "time": time.time(), "ef_checksum": self.engine.ef_checksum()[:16],
+                "fingerprint": self.engine.fingerprint(), **fields}
         self._metrics.write(json.dumps(line) + "\n")
         self._metrics.flush()
         return line
@@ -276,7 +267,8 @@ class Peer(Node):
         chain the peer replays the missed windows instead, which keeps its weights, optimiser and
         error feedback one consistent history."""
         self.publish_card()
-        state = load_state(self.opts.run_dir, self.model, self.error_feedback, self.trainer.optimizer, self.run)
+        state = parse_state_meta(self.engine.load_state(str(self.opts.run_dir), "state", self.run),
+                                 self.opts.run_dir, self.run)
         if state is not None:
             self.window_done, self.trainer.step = state.window, state.inner_step
             line = self._event("resumed", window=state.window)
@@ -297,6 +289,7 @@ class Peer(Node):
             log.info("stopping (%s); the state of window %d is saved", stop, self.window_done)
         finally:
             self._metrics.close()
+            self.engine.stop()
 
     def _loop(self) -> None:
         nxt, trained = self.window_done + 1, None  # trained: (window, facts) once its message is out

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from gauntlet.errors import ConfigError
-from peers.cli_common import add_node_arguments, open_node, stop_on_signals
+from peers.cli_common import add_node_arguments, run_node, stop_on_signals
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,12 +57,17 @@ def run_peer(args: argparse.Namespace) -> int:
         behaviour = load_behaviour(args.behaviour)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    cfg, identity, chain, store, card = open_node(args, "peer")
-    opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
-                       allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window,
-                       trust_validator=args.trust_validator, export_hf=args.export_hf,
-                       declared=declared, export_every=args.export_every, push_to_hub=args.push_to_hub)
-    logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s", identity.hotkey, chain.url, store.url)
-    with stop_on_signals(Peer(cfg, identity, chain, store, opts, behaviour)) as peer:
-        peer.run_forever()
-    return 0
+
+    def start(cfg, identity, chain, store, card, world) -> int:
+        opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
+                           allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window,
+                           trust_validator=args.trust_validator, export_hf=args.export_hf, declared=declared,
+                           export_every=args.export_every, push_to_hub=args.push_to_hub, world=world)
+        ranks = f" on {world.size} ranks ({world.backend}, {world.device.type})" if world else ""
+        logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s%s", identity.hotkey, chain.url,
+                                                store.url, ranks)
+        with stop_on_signals(Peer(cfg, identity, chain, store, opts, behaviour)) as peer:
+            peer.run_forever()
+        return 0
+
+    return run_node(args, "peer", start)

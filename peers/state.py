@@ -67,36 +67,70 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
             p.copy_(src)
 
 
+def save_local(path: Path, model: torch.nn.Module, ef: ErrorFeedback | None, optimizer: torch.optim.Optimizer | None,
+               meta: dict[str, str], durable: bool = True) -> None:
+    """One atomic safetensors file: weights (``model.*``), residuals (``ef.*``) and optimiser tensors
+    (``opt.{index}.{name}``; its parameter groups go into the metadata) of whichever are given."""
+    tensors = {f"model.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters()}
+    meta = dict(meta)
+    if ef is not None:
+        tensors.update({k: v.detach().cpu().contiguous() for k, v in ef.state_dict().items()})
+    if optimizer is not None:
+        opt = optimizer.state_dict()
+        for idx, slots in opt["state"].items():
+            for name, value in slots.items():
+                tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        meta["param_groups"] = json.dumps(opt["param_groups"])
+    write_atomic(path, safetensors.torch.save(tensors, metadata=meta), durable)
+
+
+def load_local(path: Path, model: torch.nn.Module, ef: ErrorFeedback | None,
+               optimizer: torch.optim.Optimizer | None, run: str | None = None) -> dict[str, str] | None:
+    """Restore :func:`save_local`'s file into the given objects; its metadata, or None if absent.
+    With ``run``, a file of another run is refused before anything is loaded."""
+    found = read_state_file(path)
+    if found is None:
+        return None
+    meta, tensors = found
+    if run is not None and meta.get("run") != run:
+        raise StateError(f"{path} belongs to run {meta.get('run')!r}, not {run!r}; use another --run-dir")
+    load_weights(model, tensors, path)
+    if ef is not None:
+        ef.load_state_dict({k: v for k, v in tensors.items() if k.startswith("ef.")})
+    if optimizer is not None:
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, idx, name = key.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = value
+        optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
+    return meta
+
+
+def state_meta(state: LocalState) -> dict[str, str]:
+    return {"window": str(state.window), "inner_step": str(state.inner_step), "run": state.run}
+
+
+def parse_state_meta(meta: dict[str, str] | None, where: Path, run: str) -> LocalState | None:
+    """The peer's :class:`LocalState` from saved metadata (None: nothing saved)."""
+    if meta is None:
+        return None
+    if meta.get("run") != run:
+        raise StateError(f"{where} belongs to run {meta.get('run')!r}, not {run!r}; use another --run-dir")
+    try:
+        return LocalState(int(meta["window"]), int(meta["inner_step"]), run)
+    except (KeyError, ValueError) as exc:
+        raise StateError(f"cannot read the state in {where}: {exc}; move it away to start over") from exc
+
+
 def save_state(run_dir: Path, state: LocalState, model: torch.nn.Module, ef: ErrorFeedback,
                optimizer: torch.optim.Optimizer, durable: bool = True) -> None:
-    """``durable=False`` skips the fsync (simulations, where a power cut is not a concern)."""
-    tensors = {f"model.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters()}
-    tensors.update({k: v.detach().cpu().contiguous() for k, v in ef.state_dict().items()})
-    opt = optimizer.state_dict()
-    for idx, slots in opt["state"].items():
-        for name, value in slots.items():
-            tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    meta = {"window": str(state.window), "inner_step": str(state.inner_step), "run": state.run,
-            "param_groups": json.dumps(opt["param_groups"])}
-    write_atomic(run_dir / STATE_FILE, safetensors.torch.save(tensors, metadata=meta), durable)
+    """The single-process peer's state file. ``durable=False`` skips the fsync (simulations)."""
+    save_local(run_dir / STATE_FILE, model, ef, optimizer, state_meta(state), durable)
 
 
 def load_state(run_dir: Path, model: torch.nn.Module, ef: ErrorFeedback,
                optimizer: torch.optim.Optimizer, run: str) -> LocalState | None:
     """Restore a saved state into the given objects; None when there is none."""
     path = run_dir / STATE_FILE
-    found = read_state_file(path)
-    if found is None:
-        return None
-    meta, tensors = found
-    if meta.get("run") != run:
-        raise StateError(f"{path} belongs to run {meta.get('run')!r}, not {run!r}; use another --run-dir")
-    load_weights(model, tensors, path)
-    ef.load_state_dict({k: v for k, v in tensors.items() if k.startswith("ef.")})
-    opt_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            opt_state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
-    return LocalState(int(meta["window"]), int(meta["inner_step"]), run)
+    return parse_state_meta(load_local(path, model, ef, optimizer, run), path, run)

@@ -29,11 +29,9 @@ from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
 from gauntlet.errors import ChainError, InvalidMessage, ObjectNotFound, ObjectTooLarge, StorageError
 from gauntlet.identity import Identity
-from gauntlet.models import mean_loss
 from gauntlet.rating import WindowOutcome, power_weights, tiered_weights, update_book
-from gauntlet.scoring import loss_test, steps_behind, weight_sample
+from gauntlet.scoring import steps_behind
 from gauntlet.scoring.sampling import choose_for_eval
-from gauntlet.sparseloco import aggregate, fingerprint, outer_step
 from gauntlet.storage import BucketCard, ObjectStore, keys
 from gauntlet.uniqueness import copy_stats, find_copies, own_eval_indices
 from peers.artefacts import encode_artefact
@@ -41,7 +39,8 @@ from peers.gather import GatherResult
 from peers.node import Node, NodeOptions, StopRequested
 from peers.peer_list import PeerList, encode_peer_list, select
 from peers.records import seal
-from peers.validator_state import ValidatorBook, load, save
+from peers.validator_state import NAME as STATE_NAME
+from peers.validator_state import ValidatorBook, book_from_meta, book_meta
 
 log = logging.getLogger("gauntlet.validator")
 
@@ -50,7 +49,8 @@ class Validator(Node):
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: NodeOptions, eval_secret: bytes | None = None) -> None:
         super().__init__(cfg, identity, chain, store, opts)
-        self.book = load(opts.run_dir, self.model) or ValidatorBook(secret=(eval_secret or os.urandom(32)).hex())
+        saved = book_from_meta(self.engine.load_state(str(opts.run_dir), STATE_NAME), opts.run_dir)
+        self.book = saved or ValidatorBook(secret=(eval_secret or os.urandom(32)).hex())
         self._scores = open(opts.run_dir / "scores.jsonl", "a", encoding="utf-8")
 
     # ------------------------------------------------------------------------------------ stage 1
@@ -83,14 +83,13 @@ class Validator(Node):
         salt = hashlib.sha256(bytes.fromhex(self.book.secret) + b"|random").hexdigest()
         per_batch = self.cfg.train.batch_size
         random = self.random_batches(window, max(1, v.eval_random_sequences // per_batch), salt=salt)
-        bf16 = self.cfg.model.autocast_bf16
-        random_before = mean_loss(self.model, random, bf16)
+        random_before = self.engine.mean_loss(random)
         scale = v.eval_lr_factor * self.cfg.sparseloco.outer_lr
         tests = {}
         for hotkey in chosen:
             own_idx = own_eval_indices(self.assigned(window, hotkey), v.eval_own_sequences, self.cfg.seed, window)
-            update = {n: ct.to_dense() for n, ct in result.messages[hotkey].tensors.items()}
-            tests[hotkey] = loss_test(self.model, update, scale, self.batches(own_idx), random, random_before, bf16)
+            tests[hotkey] = self.engine.test_update(result.messages[hotkey], scale, self.batches(own_idx), random,
+                                                    random_before)
         return tests
 
     # ------------------------------------------------------------------------------------ outputs
@@ -128,7 +127,7 @@ class Validator(Node):
         failed = {h: "missing" for h in result.missing}
         failed.update({h: "late" for h in result.outside_slot})
         failed.update({h: f"invalid: {why}" for h, why in result.invalid.items()})
-        reference = weight_sample(self.params, v.weight_sample, seed=self.cfg.seed)
+        reference = self.engine.weight_sample(v.weight_sample, self.cfg.seed)
         behind = self._steps_behind(result, window, reference, sources)
 
         present = sorted(result.messages)
@@ -148,6 +147,8 @@ class Validator(Node):
         self.book.records, why = update_book(self.book.records, outcome, v)
 
         listed = self.book.listed if self.book.listed and self.book.listed["window"] == window else None
+        if listed is not None and not self._list_in_time(window):
+            listed = None  # published late: the peers aggregated every valid message, so does the validator
         if listed is not None:
             members = select(PeerList(window, self.identity.hotkey, tuple(listed["peers"]),
                                       tuple(listed["reserves"])), result.messages, self.cfg.sparseloco.top_g)
@@ -155,12 +156,10 @@ class Validator(Node):
             members = present
         applied = sorted(members)
         if applied:
-            agg = aggregate([result.messages[h].tensors for h in applied], self.cfg.sparseloco.combine,
-                            self.cfg.sparseloco.clip_to_median)
-            outer_step(self.params, agg, self.cfg.sparseloco.outer_lr)
+            agg = self.engine.apply([result.messages[h] for h in applied], want_full=True)
             self._publish(keys.aggregate(self.run, window),
                           encode_artefact("aggregate", agg, run=self.run_hash, window=window, signer=self.identity))
-        after = weight_sample(self.params, v.weight_sample, seed=self.cfg.seed)
+        after = self.engine.weight_sample(v.weight_sample, self.cfg.seed)
         step = sum(abs(a - b) for a, b in zip(after, reference)) / len(after)
         self.book.typical_step = step if self.book.typical_step == 0 else 0.9 * self.book.typical_step + 0.1 * step
 
@@ -179,7 +178,7 @@ class Validator(Node):
                     log.error("window %d: setting weights failed: %s", window, exc)
         if (window + 1) % v.checkpoint_every == 0:
             self._publish(keys.checkpoint(self.run, window), encode_artefact(
-                "checkpoint", self.params, run=self.run_hash, window=window, signer=self.identity))
+                "checkpoint", self.engine.full_state(), run=self.run_hash, window=window, signer=self.identity))
 
         record = self._record(window, result, why, applied, weights, uids, durations={
             "stage1_s": round(t1 - t0, 3), "loss_tests_s": round(t2 - t1, 3), "total_s": round(time.time() - t0, 3)})
@@ -192,10 +191,19 @@ class Validator(Node):
             self._scores.write(json.dumps({"hotkey": hotkey, "uid": uids.get(hotkey), **why[hotkey]}) + "\n")
         self._scores.flush()
         self.book.window = window
-        save(self.opts.run_dir, self.model, self.book)
+        self._save()
         log.info("window %d: %d present, %d tested, %d copies, %d aggregated, fingerprint %s", window, len(present),
                  len(tests), len(copies), len(applied), record["fingerprint"][:12])
         return record
+
+    def _list_in_time(self, window: int) -> bool:
+        """Whether this validator's peer list for ``window`` was stored by :meth:`list_deadline`."""
+        info = self.store.head(keys.peer_list(self.run, window))  # None when it was never stored
+        return info is not None and info.last_modified <= self.list_deadline(window)
+
+    def _save(self) -> None:
+        self.engine.save_state(str(self.opts.run_dir), STATE_NAME, max(self.book.window, 0), book_meta(self.book),
+                               self.opts.durable)
 
     def _not_banned(self, hotkey: str, window: int) -> bool:
         rec = self.book.records.get(hotkey)
@@ -206,8 +214,8 @@ class Validator(Node):
                     for h, m in result.messages.items() if isinstance(m.header.extra.get("declared"), dict)
                     and m.header.extra.get("declared")}
         return {"v": 1, "run": self.run_hash, "run_name": self.run, "window": window, "time": time.time(),
-                "model": {"preset": self.cfg.model.preset, "parameters": sum(p.numel() for p in self.params.values())},
-                "config": self.cfg.run_hash(), "fingerprint": fingerprint(self.params), "aggregated": applied,
+                "model": {"preset": self.cfg.model.preset, "parameters": sum(math.prod(s) for s in self.spec.values())},
+                "config": self.cfg.run_hash(), "fingerprint": self.engine.fingerprint(), "aggregated": applied,
                 "peers": {h: {k: v for k, v in why[h].items() if k != "window"} for h in sorted(why)},
                 "declared": declared, "weights": {str(u): w for u, w in (weights or {}).items()},
                 "durations": durations}
@@ -239,11 +247,12 @@ class Validator(Node):
             log.info("stopping (%s); the state of window %d is saved", stop, self.book.window)
         finally:
             self._scores.close()
+            self.engine.stop()
 
     def _loop(self) -> None:
         if self.book.window < 0:  # a fresh validator starts with the window that just closed, and says so
             self.book.window = max(0, self.current_window() - 1) - 1
-            save(self.opts.run_dir, self.model, self.book)  # so that a crash cannot move that start later
+            self._save()  # so that a crash cannot move that start later
         nxt, fit_checked = self.book.window + 1, False
         stop = self.opts.stop_after_window
         while stop is None or nxt <= stop:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from peers.cli_common import add_node_arguments, open_node, stop_on_signals
+from peers.cli_common import add_node_arguments, run_node, stop_on_signals
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,11 +25,14 @@ def run_validator(args: argparse.Namespace) -> int:
     from peers.node import NodeOptions, default_data_dir
     from peers.validator import Validator
 
-    cfg, identity, chain, store, card = open_node(args, "validator")
-    opts = NodeOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
-                       allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window)
-    logging.getLogger("gauntlet.validator").info("validator %s on %s, publishing to %s", identity.hotkey,
-                                                 chain.url, store.url)
-    with stop_on_signals(Validator(cfg, identity, chain, store, opts)) as validator:
-        validator.run_forever()
-    return 0
+    def start(cfg, identity, chain, store, card, world) -> int:
+        opts = NodeOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
+                           allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window, world=world)
+        ranks = f" on {world.size} ranks ({world.backend}, {world.device.type})" if world else ""
+        logging.getLogger("gauntlet.validator").info("validator %s on %s, publishing to %s%s", identity.hotkey,
+                                                     chain.url, store.url, ranks)
+        with stop_on_signals(Validator(cfg, identity, chain, store, opts)) as validator:
+            validator.run_forever()
+        return 0
+
+    return run_node(args, "validator", start)

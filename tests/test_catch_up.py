@@ -64,7 +64,7 @@ def test_a_new_peer_loads_the_latest_checkpoint_then_applies_published_aggregate
     expected = {n: t.clone() for n, t in ckpt.items()}
     for w in (3, 4):
         for n in expected:
-            expected[n].sub_(aggs[w][n], alpha=0.7)
+            expected[n].sub_(aggs[w][n] * 0.7)  # lr · agg rounded first, as outer_step does
     assert all(torch.equal(p.detach(), expected[n]) for n, p in peer.model.named_parameters())
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["event"] == "checkpoint" and lines[0]["window"] == 2
@@ -172,7 +172,8 @@ def test_a_peer_aggregates_only_the_validators_list_filling_gaps_from_reserves(t
     cfg = load(overrides=["data.seq_len=64", "data.max_tokens=300000", "timing.blocks_per_window=10",
                           "timing.upload_slot_s=60", "model.device=cpu", "sparseloco.top_g=2"])
     chain = LocalChain(tmp_path / "chain.db", clock="manual")
-    vstore = FileStore(tmp_path / "v")
+    written = [chain.timestamp(0)]  # when the validator's store says its lists were written
+    vstore = FileStore(tmp_path / "v", clock=lambda: written[0])
     chain.register(VALIDATOR.hotkey, stake=100.0, validator_permit=True)
     chain.commit(VALIDATOR, BucketCard("file", str(vstore.root)).encode())
     peers = {n: Identity.from_seed(n) for n in ("p1", "p2", "p3")}
@@ -199,3 +200,11 @@ def test_a_peer_aggregates_only_the_validators_list_filling_gaps_from_reserves(t
     assert set(me.gather(0).messages) == {peers["p2"].hotkey}  # unlisted p1 is left out
     vstore.put(keys.peer_list(cfg.run_name, 0), encode_peer_list(0, [], [], run=me.run_hash, signer=VALIDATOR))
     assert set(me.gather(0).messages) == {peers["p1"].hotkey, peers["p2"].hotkey}  # an empty list names nobody
+    written[0] = me.list_deadline(0) + 0.5  # a list stored after the boundary of window 0's uploads: too late
+    vstore.put(keys.peer_list(cfg.run_name, 0), encode_peer_list(
+        0, [peers["p2"].hotkey], [], run=me.run_hash, signer=VALIDATOR))
+    assert set(me.gather(0).messages) == {peers["p1"].hotkey, peers["p2"].hotkey}  # ignored: everyone counts
+    written[0] = me.list_deadline(0)  # exactly at the deadline still counts
+    vstore.put(keys.peer_list(cfg.run_name, 0), encode_peer_list(
+        0, [peers["p2"].hotkey], [], run=me.run_hash, signer=VALIDATOR))
+    assert set(me.gather(0).messages) == {peers["p2"].hotkey}

@@ -46,9 +46,8 @@ def test_a_window_that_aggregated_says_how_many_and_how_this_peer_took_part():
     ({"outside_slot": {A: 1.0}, "invalid": {B: "bad signature"}, "failed": {C: "timed out"}, "messages": {}}, True,
      True, "nothing aggregated: 1 peer uploaded outside the slot, 1 peer sent invalid messages, 1 peer could not be "
            "read"),
-    ({"list_unreadable": "the validator has not published its list for window 7 yet"}, True, True,
-     "nothing aggregated: the validator's peer list is missing or unreadable (the validator has not published its "
-     "list for window 7 yet)"),
+    ({"list_unreadable": "GET peers.json timed out after 3 tries"}, True, True,
+     "nothing aggregated: the validator's peer list could not be read (GET peers.json timed out after 3 tries)"),
     ({"listed": 2, "missing": [A]}, True, True,
      "nothing aggregated: of the 2 peers the validator listed, 1 peer uploaded nothing"),
     ({}, True, True, "nothing aggregated: no other peer has a bucket card on chain"),
@@ -90,10 +89,26 @@ def test_a_peer_whose_window_work_fits_says_nothing(caplog):
 def test_a_stop_request_ends_a_wait_promptly():
     genesis = time.time() - 10.0  # one-second blocks
     chain = types.SimpleNamespace(block=lambda: int(time.time() - genesis), timestamp=lambda b: genesis + b)
-    node = types.SimpleNamespace(chain=chain, CHAIN_CHECK_S=30.0, _stop_reason=None)
+    node = types.SimpleNamespace(chain=chain, CHAIN_CHECK_S=30.0, _stop_reason=None,
+                                 engine=types.SimpleNamespace(idle=lambda: None))
     node.sleep = lambda s: Node.sleep(node, s)
     threading.Timer(0.3, lambda: setattr(node, "_stop_reason", "SIGTERM received")).start()
     started = time.monotonic()
     with pytest.raises(StopRequested, match="SIGTERM"):
         Node.wait_until(node, time.time() + 3600)  # an hour away
     assert time.monotonic() - started < 60  # it did not wait for the hour (0.5 s on an idle machine)
+
+
+def test_the_validator_uses_its_peer_list_only_if_it_was_stored_in_time(tmp_path):
+    from gauntlet.storage import FileStore, keys
+    from peers.validator import Validator
+
+    written = [100.0]
+    store = FileStore(tmp_path, clock=lambda: written[0])
+    node = types.SimpleNamespace(store=store, run="r", list_deadline=lambda w: 150.0)
+    assert not Validator._list_in_time(node, 3)  # never stored
+    store.put(keys.peer_list("r", 3), b"{}")
+    assert Validator._list_in_time(node, 3)
+    written[0] = 150.5  # stored after the boundary where window 3's uploads start: the peers ignored it
+    store.put(keys.peer_list("r", 3), b"{}")
+    assert not Validator._list_in_time(node, 3)

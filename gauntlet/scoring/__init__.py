@@ -8,7 +8,7 @@ from gauntlet.scoring.formulas import (
     sync_score,
     uniqueness_indicator,
 )
-from gauntlet.scoring.loss_test import LossTest, loss_test, weight_sample
+from gauntlet.scoring.loss_test import LossTest, loss_test, sample_positions, weight_sample
 
 __all__ = ["LossTest", "final_score", "loss_test", "moving_average", "relative_improvement", "steps_behind",
-           "sync_score", "uniqueness_indicator", "weight_sample"]
+           "sync_score", "uniqueness_indicator", "sample_positions", "weight_sample"]

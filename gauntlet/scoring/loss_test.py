@@ -10,6 +10,7 @@ the eval batches: own before, own after, random after.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -35,8 +36,8 @@ def loss_test(model: torch.nn.Module, update: Mapping[str, torch.Tensor], scale:
     own_before = mean_loss(model, own, bf16)
     backup = {n: params[n].detach().clone() for n in update}
     try:
-        for n, u in update.items():
-            params[n].sub_(u.to(device=params[n].device, dtype=params[n].dtype), alpha=scale)
+        for n, u in update.items():  # u · scale rounded first: the same bits on whole tensors or shards
+            params[n].sub_(u.to(device=params[n].device, dtype=params[n].dtype) * scale)
         own_after = mean_loss(model, own, bf16)
         random_after = mean_loss(model, random, bf16)
     finally:
@@ -45,17 +46,25 @@ def loss_test(model: torch.nn.Module, update: Mapping[str, torch.Tensor], scale:
     return LossTest(own_before, own_after, random_before, random_after)
 
 
-def weight_sample(params: Mapping[str, torch.Tensor], count: int, seed: int = 0) -> list[float]:
-    """``count`` weights at positions fixed by ``seed`` (the same on every node): what peers publish
-    with their fingerprint so a validator can tell how far behind they are, not just that they differ.
+def sample_positions(shapes: Mapping[str, tuple[int, ...]], count: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Where :func:`weight_sample` looks: ``count`` (tensor name, flat index) pairs fixed by ``seed``.
 
     Position i: h = first 8 bytes of sha256("gauntlet-sample|{seed}|{i}"); the tensor is picked in
     proportion to tensor sizes by h / 2**64, the element within it is h mod its size."""
-    names = sorted(params)
-    sizes = torch.tensor([params[n].numel() for n in names], dtype=torch.float64)
+    names = sorted(shapes)
+    numel = [math.prod(shapes[n]) for n in names]
+    sizes = torch.tensor(numel, dtype=torch.float64)
     hashes = [int.from_bytes(hashlib.sha256(f"gauntlet-sample|{seed}|{i}".encode()).digest()[:8], "big")
               for i in range(count)]
     targets = torch.tensor([h / 2**64 for h in hashes], dtype=torch.float64) * float(sizes.sum())
     which = torch.searchsorted(sizes.cumsum(0), targets, right=True).clamp_(max=len(names) - 1).tolist()
-    flat = {n: params[n].detach().reshape(-1) for n in names}
-    return [float(flat[names[t]][h % flat[names[t]].numel()]) for t, h in zip(which, hashes)]
+    return [(names[t], h % numel[t]) for t, h in zip(which, hashes)]
+
+
+def weight_sample(params: Mapping[str, torch.Tensor], count: int, seed: int = 0) -> list[float]:
+    """``count`` weights at positions fixed by ``seed`` (the same on every node, see
+    :func:`sample_positions`): what peers publish with their fingerprint so a validator can tell how
+    far behind they are, not just that they differ."""
+    positions = sample_positions({n: tuple(p.shape) for n, p in params.items()}, count, seed)
+    flat = {n: p.detach().reshape(-1) for n, p in params.items()}
+    return [float(flat[n][i]) for n, i in positions]

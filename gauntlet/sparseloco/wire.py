@@ -78,6 +78,7 @@ class Message:
     digest: bytes
     signature: bytes | None
     nbytes: int
+    raw: bytearray | None = field(default=None, repr=False, compare=False)  # the bytes (the lookups view them)
 
     @property
     def window(self) -> int:
@@ -343,4 +344,4 @@ def decode_message(
 
     buf = bytearray(data)  # owned, writable copy that the unpacked tensors view
     tensors = _unpack(buf, start, header, layouts, cfg)
-    return Message(head, tensors, digest, signature, len(data))
+    return Message(head, tensors, digest, signature, len(data), buf)
