@@ -145,8 +145,16 @@ def stop_on_signals(node):
             signal.signal(sig, old)
 
 
-def relaunch_under_torchrun(nproc: int) -> None:
-    """Replace this process by ``torchrun --standalone --nproc_per_node N -m peers.cli <same args>``."""
+EXIT_FILE_ENV = "GAUNTLET_EXIT_FILE"  # where rank 0 says it stopped cleanly (for the --nproc supervisor)
+
+
+def spawn_torchrun(nproc: int) -> int:
+    """``torchrun --standalone --nproc_per_node N -m peers.cli <same args>`` as a child, supervised:
+    SIGTERM / Ctrl-C are passed on (rank 0 then stops at its next wait and releases the others), and
+    the exit status is 0 when rank 0 stopped cleanly — torchrun itself reports any signal as a failure."""
+    import subprocess
+    import tempfile
+
     if nproc < 1:
         raise ConfigError("--nproc must be at least 1")
     rest, skip = [], False
@@ -159,9 +167,26 @@ def relaunch_under_torchrun(nproc: int) -> None:
             rest.append(arg)
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "peers.cli", *rest]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, argv)
+    with tempfile.TemporaryDirectory(prefix="gauntlet-") as tmp:
+        exit_file = Path(tmp) / "exit"
+        proc = subprocess.Popen(argv, env={**os.environ, EXIT_FILE_ENV: str(exit_file)})
+        stopping: list[int] = []
+
+        def forward(signum, _frame):
+            stopping.append(signum)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            code = proc.wait()
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        clean = exit_file.exists() and exit_file.read_text().strip() == "0"
+    if code == 0 or (stopping and clean):
+        return 0
+    return code if code > 0 else 1
 
 
 def run_node(args, role: str, start) -> int:
@@ -169,11 +194,11 @@ def run_node(args, role: str, start) -> int:
     store and runs ``start(cfg, identity, chain, store, card, world)``; every other rank builds the
     same model, shards it, and serves rank 0's engine operations until rank 0 stops."""
     from gauntlet.config import load_config
-    from gauntlet.parallel.world import init_world, launched_by_torchrun, shutdown
+    from gauntlet.parallel.world import exit_now, init_world, launched_by_torchrun, shutdown
 
     if not launched_by_torchrun():
         if args.nproc:
-            relaunch_under_torchrun(args.nproc)
+            return spawn_torchrun(args.nproc)
         return start(*open_node(args, role), None)
     cfg = load_config(args.config, args.overrides)
     world = init_world(cfg.model.device, args.dist_timeout)
@@ -187,11 +212,16 @@ def run_node(args, role: str, start) -> int:
             opened = open_node(args, role)
             _prepare_data(cfg, args)
             _barrier(world)
-            return start(*opened, world)
-        _serve(cfg, args, world, train=role == "peer")
-        return 0
+            code = start(*opened, world)
+            if os.environ.get(EXIT_FILE_ENV):
+                Path(os.environ[EXIT_FILE_ENV]).write_text(str(code))
+        else:
+            _serve(cfg, args, world, train=role == "peer")
+            code = 0
     finally:
         shutdown(world)
+    exit_now(code)
+    return code
 
 
 def _prepare_data(cfg, args) -> Path:

@@ -63,7 +63,8 @@ def run_peer(args: argparse.Namespace) -> int:
                            allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window,
                            trust_validator=args.trust_validator, export_hf=args.export_hf, declared=declared,
                            export_every=args.export_every, push_to_hub=args.push_to_hub, world=world)
-        ranks = f" on {world.size} ranks ({world.backend}, {world.device.type})" if world else ""
+        ranks = (f" on {world.size} rank{'s' if world.size > 1 else ''} ({world.backend}, {world.device.type})"
+                 if world else "")
         logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s%s", identity.hotkey, chain.url,
                                                 store.url, ranks)
         with stop_on_signals(Peer(cfg, identity, chain, store, opts, behaviour)) as peer:

@@ -70,17 +70,15 @@ def test_a_validator_killed_mid_window_resumes_to_the_same_result(tmp_path, data
 
     crashed = build(tmp_path / "b", cfg, small_network(), data_dir)
     run(crashed, 3)
-    import peers.validator as validator_module
-
-    real_save = validator_module.save
+    from peers.validator import Validator
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while saving the window's state")
 
-    monkeypatch.setattr(validator_module, "save", crash)
+    monkeypatch.setattr(Validator, "_save", crash)
     with pytest.raises(KeyboardInterrupt):
         run(crashed, 1)  # window 3: published and set weights, then died before saving
-    monkeypatch.setattr(validator_module, "save", real_save)
+    monkeypatch.undo()
     del crashed
     resumed = build(tmp_path / "b", cfg, small_network(), data_dir)  # a new process, from disk
     assert resumed.window == 3

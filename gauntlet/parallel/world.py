@@ -11,6 +11,7 @@ timeout, so a rank that dies or hangs makes the others fail with an error instea
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from dataclasses import dataclass, field
@@ -79,8 +80,27 @@ def init_world(device: str = "auto", timeout_s: float = 300.0) -> World:
 
 
 def shutdown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group together: a barrier first (a rank that tears down its connections
+    while another still uses them aborts the process), then the group is destroyed."""
+    if not (world.distributed and dist.is_initialized()):
+        return
+    try:
+        dist.barrier(group=world.control)
+    except (RuntimeError, dist.DistBackendError):
+        pass  # another rank is already gone: nothing left to wait for
+    dist.destroy_process_group()
+
+
+def exit_now(code: int) -> None:
+    """End a rank's process once its process group is shut down: flush and ``os._exit``. Letting the
+    interpreter finalise instead can abort it, when gloo's worker threads release tensors while
+    Python is being torn down (pytorch/pytorch#179291); nothing is left to clean up by then."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 # --------------------------------------------------------------------------------- bytes

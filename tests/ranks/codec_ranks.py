@@ -13,6 +13,7 @@ from torch.distributed.fsdp import fully_shard
 from gauntlet.config import SparseLoCoConfig
 from gauntlet.parallel.comm import TorchShardComm
 from gauntlet.parallel.fsdp import check_sharding, local_tensors
+from gauntlet.parallel.world import exit_now
 from gauntlet.sparseloco import encode_message
 from gauntlet.sparseloco.sharding import ShardedErrorFeedback
 
@@ -61,7 +62,9 @@ def main(out: Path) -> None:
         if rank == 0:
             (out / f"{w}.msg").write_bytes(encode_message(cts, window=w, run="r", codec=cfg, hotkey="h"))
     save_file(dict(ef.buffers), out / f"ef-{rank}.safetensors")
+    dist.barrier()
     dist.destroy_process_group()
+    exit_now(0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""Nodes on several ranks (torchrun, gloo, FSDP2): the validator scores exactly as one process does,
+and a peer's state saved on N ranks resumes on any other number of ranks, bit for bit."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gauntlet.chain.local import LocalChain
+from gauntlet.config import load_config
+from gauntlet.data import TokenDataset, prepare
+from gauntlet.identity import Identity
+from gauntlet.models import build_model
+from gauntlet.sparseloco import ErrorFeedback, encode_message
+from gauntlet.storage import BucketCard, FileStore, keys
+from test_sharded_codec_torchrun import torchrun
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "ranks"))
+from validator_ranks import SETTINGS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    prepare(load_config(overrides=SETTINGS).data, path)
+    return path
+
+
+def network_with_three_uploads(root: Path, data: Path) -> None:
+    """A manual-clock chain at the opening of window 1 and three peers' signed messages for window 0,
+    stored inside the upload slot."""
+    cfg = load_config(overrides=SETTINGS)
+    chain = LocalChain(root / "chain.db", clock="manual", block_time=1.0)
+    v = Identity.from_seed("validator")
+    chain.register(v.hotkey, stake=1000.0, validator_permit=True)
+    chain.commit(v, BucketCard("file", str(root / "validator")).encode())
+    chain.advance(cfg.timing.blocks_per_window)
+    opened = chain.timestamp(cfg.timing.blocks_per_window)
+    vocab = TokenDataset(prepare(cfg.data, data), "train").vocab_size
+    spec = {n: tuple(p.shape) for n, p in build_model(cfg.model, vocab, cfg.data.seq_len, seed=cfg.seed)
+            .named_parameters()}
+    g = torch.Generator().manual_seed(3)
+    for i in range(3):
+        ident = Identity.from_seed(f"peer-{i}")
+        store = FileStore(root / f"peer-{i}", clock=lambda: opened + 0.1)
+        chain.register(ident.hotkey)
+        chain.commit(ident, BucketCard("file", str(store.root)).encode())
+        cts = ErrorFeedback(spec, cfg.sparseloco).compress(
+            {n: 1e-2 * (i + 1) * torch.randn(s, generator=g) for n, s in spec.items()})
+        store.put(keys.message(cfg.run_name, 0, ident.hotkey),
+                  encode_message(cts, window=0, run=cfg.run_hash(), codec=cfg.sparseloco, signer=ident))
+
+
+def test_a_validator_on_two_ranks_scores_and_aggregates_exactly_as_one_process(tmp_path, data_dir):
+    network_with_three_uploads(tmp_path / "net", data_dir)
+    results = {}
+    for nproc in (0, 2):  # 0: one plain process, no torchrun
+        net = tmp_path / f"net-{nproc}"
+        shutil.copytree(tmp_path / "net", net)  # the validator writes into its own bucket and state
+        out = tmp_path / f"out-{nproc}"
+        args = (str(net), str(data_dir), str(out))
+        if nproc:
+            run = torchrun(nproc, "validator_ranks.py", *args)
+        else:
+            import subprocess
+
+            run = subprocess.run([sys.executable, str(ROOT / "tests" / "ranks" / "validator_ranks.py"), *args],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=300,
+                                 env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[nproc] = json.loads((out / "result.json").read_text())
+    one, two = results[0], results[2]
+    assert len(one["scores"]) == 3 and all("score" in s for s in one["scores"]), one["scores"]  # all loss-tested
+    assert one["scores"] == two["scores"]  # losses before/after, scores, ratings: the same floats
+    import safetensors.torch
+
+    agg_one, agg_two = (safetensors.torch.load(bytes.fromhex(r["aggregate"])) for r in (one, two))
+    assert agg_one.keys() == agg_two.keys() and all(torch.equal(agg_one[k], agg_two[k]) for k in agg_one)
+    assert one["fingerprint"] == two["fingerprint"] and one["sample"] == two["sample"]
