@@ -169,7 +169,9 @@ def spawn_torchrun(nproc: int) -> int:
             "-m", "peers.cli", *rest]
     with tempfile.TemporaryDirectory(prefix="gauntlet-") as tmp:
         exit_file = Path(tmp) / "exit"
-        proc = subprocess.Popen(argv, env={**os.environ, EXIT_FILE_ENV: str(exit_file)})
+        from gauntlet.parallel.world import die_with_parent
+
+        proc = subprocess.Popen(argv, env={**os.environ, EXIT_FILE_ENV: str(exit_file)}, preexec_fn=die_with_parent)
         stopping: list[int] = []
 
         def forward(signum, _frame):

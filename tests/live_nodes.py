@@ -59,13 +59,15 @@ class Nodes:
         for s in self.settings:
             cmd += ["--set", s]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        with open(self.root / f"log-{name}.txt", "ab") as log:
-            self.procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.root / f"log-{name}.txt", "ab") as log:  # own session: a kill reaches all its ranks
+            self.procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
 
     def kill(self, name: str) -> None:
-        """SIGKILL (a crash); the node no longer counts as running until it is launched again."""
+        """SIGKILL of the node and every process it started (a crash, of all its ranks at once); it no
+        longer counts as running until it is launched again."""
         proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
     def check_alive(self) -> None:
@@ -109,7 +111,7 @@ class Nodes:
         """Kill whatever still runs (after a failure)."""
         for proc in self.procs.values():
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
 

@@ -54,6 +54,22 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``): a rank whose
+    launcher was killed must not go on training alone. A no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before we asked
+        os._exit(1)
+
+
 def init_world(device: str = "auto", timeout_s: float = 300.0) -> World:
     """Join the process group ``torchrun`` set up. ``device``: ``auto`` (CUDA when present), ``cpu``
     or ``cuda``. Collectives time out after ``timeout_s`` seconds."""
@@ -62,6 +78,7 @@ def init_world(device: str = "auto", timeout_s: float = 300.0) -> World:
                           "--nproc N")
     from torch.distributed.device_mesh import init_device_mesh
 
+    die_with_parent()  # torchrun's agent: if it is killed, so are its ranks
     rank, size, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
