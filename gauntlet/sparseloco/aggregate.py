@@ -40,12 +40,21 @@ def clip_scales(norms: torch.Tensor, enabled: bool = True) -> torch.Tensor:
     return torch.where(norms > median, median / safe, torch.ones_like(norms))
 
 
+def code_counts(codes: torch.Tensor, bins: int) -> torch.Tensor:
+    """How many values fell in each bin (int64): what a coded tensor's norm needs."""
+    return torch.bincount(codes.reshape(-1).long(), minlength=bins)
+
+
+def norm_from_counts(counts: torch.Tensor, lookup: torch.Tensor) -> torch.Tensor:
+    """``sqrt(Σ_b count_b · lookup_b²)`` in float64, rounded once to float32."""
+    return (counts.double() * lookup.double().square()).sum().sqrt().float()
+
+
 def value_norm(part: CompressedTensor) -> torch.Tensor:
     """L2 norm (float32 scalar) of one peer's decoded values of a tensor."""
     if part.raw is not None:
         return part.raw.double().square().sum().sqrt().float()
-    counts = torch.bincount(part.codes.reshape(-1).long(), minlength=part.lookup.numel())
-    return (counts.double() * part.lookup.double().square()).sum().sqrt().float()
+    return norm_from_counts(code_counts(part.codes, part.lookup.numel()), part.lookup)
 
 
 def _chunk_values(parts: Sequence[CompressedTensor], c0: int, c1: int) -> torch.Tensor:
@@ -66,6 +75,19 @@ def _scatter_sum(shape: tuple[int, int], idx: torch.Tensor, vals: torch.Tensor) 
         for p in range(vals.shape[0]):  # order-fixed fold; see module docstring
             out.scatter_add_(1, idx[p], vals[p])
     return out
+
+
+def combine_chunks(idx: torch.Tensor, vals: torch.Tensor, scale: torch.Tensor, combine: str,
+                   chunk_numel: int) -> torch.Tensor:
+    """(C, chunk_numel) float32 combination of P peers' (P, C, k) values at their chunk-local
+    indices, each peer scaled by ``scale[p]`` (its clipping factor)."""
+    peers, shape = vals.shape[0], (vals.shape[1], chunk_numel)
+    if combine == "mean":
+        return _scatter_sum(shape, idx, vals * (scale / peers)[:, None, None])
+    if combine != "scatter_mean":
+        raise ValueError(f"combine must be 'mean' or 'scatter_mean', not {combine!r}")
+    total = _scatter_sum(shape, idx, vals * scale[:, None, None])
+    return total.div_(_scatter_sum(shape, idx, torch.ones_like(vals)).clamp_min_(1))
 
 
 def aggregate_tensor(parts: Sequence[CompressedTensor], combine: str = "mean", clip_to_median: bool = True,
@@ -91,14 +113,8 @@ def aggregate_tensor(parts: Sequence[CompressedTensor], combine: str = "mean", c
         return whole if rows is None else whole[start:stop]
     t0, t1 = lay.tile_rows_of(start, stop)
     c0, c1 = t0 * lay.tiles_c, t1 * lay.tiles_c
-    vals = _chunk_values(parts, c0, c1)
     idx = torch.stack([p.idx[c0:c1] for p in parts])
-    shape = (c1 - c0, lay.chunk_numel)
-    if combine == "mean":
-        total = _scatter_sum(shape, idx, vals * (scale / peers)[:, None, None])
-    else:
-        total = _scatter_sum(shape, idx, vals * scale[:, None, None])
-        total.div_(_scatter_sum(shape, idx, torch.ones_like(vals)).clamp_min_(1))
+    total = combine_chunks(idx, _chunk_values(parts, c0, c1), scale, combine, lay.chunk_numel)
     block = lay.block_from_chunks(total, t0, t1)  # rows of tile-rows [t0, t1)
     first = lay.block_rows(t0, t1)[0]
     return block[start - first: stop - first].reshape((stop - start, *lay.shape[1:]))

@@ -15,6 +15,14 @@ the outer step from θ₀. Every rank ends the outer step with bit-identical wei
 
 The inner optimiser's state is kept across outer steps. :class:`DiLoCo` has the same interface and
 exchanges the dense fp32 Δ instead (the baseline). ``state_dict()`` holds what a restart needs.
+
+**Sharded models.** Give :class:`SparseLoCo` a 2-D ``DeviceMesh`` with dimensions
+``("replicate", "shard")`` instead of a transport, after ``fully_shard(model, mesh=mesh["shard"])``
+(HSDP style: each replica is a group of ``shard`` ranks, and replicas exchange nothing but the outer
+step). Each rank compresses the tile-rows it owns and sends only that part of its replica's message
+to its counterparts in the other replicas (:mod:`gauntlet.parallel.hsdp`); every replica ends the
+outer step bit-identical. With a mesh, ``state_dict()`` holds this rank's shards (save it with
+``torch.distributed.checkpoint``). ``examples/embed_fsdp.py`` is a runnable example.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import safetensors.torch
 import torch
 
 from gauntlet.config import DiLoCoConfig, SparseLoCoConfig
-from gauntlet.errors import TransportError
+from gauntlet.errors import ConfigError, TransportError
 from gauntlet.sparseloco.aggregate import aggregate, outer_step
 from gauntlet.sparseloco.diloco import DiLoCoOuter, mean_delta
 from gauntlet.sparseloco.feedback import ErrorFeedback
@@ -53,7 +61,7 @@ class _OuterLoop:
                  inner_steps: int, hook: bool) -> None:
         if inner_steps < 1:
             raise ValueError("inner_steps must be at least 1")
-        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.params = self._named_tensors(model)
         self.anchor = {n: p.detach().clone() for n, p in self.params.items()}
         self.transport = transport
         self.inner_steps = inner_steps
@@ -61,6 +69,9 @@ class _OuterLoop:
         self.outer_steps = 0
         self.last_report: SyncReport | None = None
         self._hook = inner_optimizer.register_step_post_hook(lambda *_: self.step()) if hook else None
+
+    def _named_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def step(self) -> SyncReport | None:
         """Count one inner step; run the outer step when ``inner_steps`` have passed."""
@@ -77,8 +88,8 @@ class _OuterLoop:
         sent, received = self._communicate_and_apply(delta)
         for n, p in self.params.items():
             self.anchor[n].copy_(p)
-        self.last_report = SyncReport(self.outer_steps, self.transport.world_size, sent, received,
-                                      time.perf_counter() - t0)
+        peers = self.exchange.replicas if getattr(self, "exchange", None) is not None else self.transport.world_size
+        self.last_report = SyncReport(self.outer_steps, peers, sent, received, time.perf_counter() - t0)
         self.outer_steps += 1
         return self.last_report
 
@@ -113,19 +124,44 @@ class SparseLoCo(_OuterLoop):
     are unsigned, which suits a trainer whose ranks already trust one another.
     """
 
-    def __init__(self, model: torch.nn.Module, inner_optimizer: torch.optim.Optimizer, transport: Transport, *,
-                 inner_steps: int = 30, config: SparseLoCoConfig | None = None, run: str = "embedded",
-                 signer: Signer | None = None, hook: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, inner_optimizer: torch.optim.Optimizer,
+                 transport: Transport | None = None, *, inner_steps: int = 30, config: SparseLoCoConfig | None = None,
+                 run: str = "embedded", signer: Signer | None = None, hook: bool = True, mesh=None) -> None:
+        if (transport is None) == (mesh is None):
+            raise ConfigError("give SparseLoCo either a transport (unsharded model) or a 2-D mesh (sharded model)")
+        self.spec = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+        self.mesh, self.exchange = mesh, None
+        if mesh is not None:
+            from gauntlet.parallel.fsdp import check_sharding, local_tensors
+            from gauntlet.parallel.hsdp import ReplicaExchange, check_mesh
+
+            check_mesh(mesh)
+            params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+            check_sharding(params, mesh["shard"].size(), mesh["shard"].get_local_rank())
+            self._local = local_tensors(params)
         super().__init__(model, inner_optimizer, transport, inner_steps, hook)
         self.config = config or SparseLoCoConfig()
         self.run = run
         self.signer = signer
         device = next(iter(self.params.values())).device
-        self.error_feedback = ErrorFeedback({n: p.shape for n, p in self.params.items()}, self.config, device)
-        self.spec = {n: tuple(p.shape) for n, p in self.params.items()}
+        if mesh is not None:
+            self.exchange = ReplicaExchange(self.spec, self.config, mesh, device)
+            self.error_feedback = self.exchange.error_feedback
+        else:
+            self.error_feedback = ErrorFeedback(self.spec, self.config, device)
+
+    def _named_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        if getattr(self, "_local", None) is not None:
+            return self._local  # this rank's shards (writes go to the parameters)
+        return super()._named_tensors(model)
 
     def _communicate_and_apply(self, delta: dict[str, torch.Tensor]) -> tuple[int, int]:
         cfg = self.config
+        if self.exchange is not None:
+            agg, sent, received = self.exchange.step(delta, self.outer_steps)
+            self._restore_anchor()
+            outer_step(self.params, agg, cfg.outer_lr)
+            return sent, received
         payload = encode_message(self.error_feedback.compress(delta), window=self.outer_steps, run=self.run,
                                  codec=cfg, signer=self.signer, hotkey=f"rank-{self.transport.rank}")
         payloads = self.transport.exchange(payload)

@@ -75,6 +75,19 @@ class SoloComm:
         return [tensor]
 
 
+@dataclass(frozen=True)
+class LocalPart:
+    """One rank's part of a tensor's message. Sparse: the indices and codes of the chunks of its
+    owned tile-rows, the tensor's lookup, and every rank's codes (all ranks quantise the same
+    values). Dense: its rows, bf16 (``raw``) or 8-bit codes (and all codes, and the lookup)."""
+
+    idx: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
+    lookup: torch.Tensor | None = None
+    raw: torch.Tensor | None = None
+    all_codes: torch.Tensor | None = None
+
+
 def shard_rows(n: int, world: int, rank: int) -> Rows:
     """Dim-0 rows ``[start, stop)`` rank ``rank`` of ``world`` holds (``torch.chunk`` / ``Shard(0)``)."""
     per = -(-n // world) if n else 0
@@ -160,11 +173,30 @@ class ShardedErrorFeedback:
         return {n: p.rows[self.comm.rank] for n, p in self.plans.items()}
 
     def compress(self, delta: Mapping[str, torch.Tensor]) -> dict[str, CompressedTensor]:
-        """Fold this rank's rows of Δ into the residuals, compress, subtract what was sent."""
+        """Fold this rank's rows of Δ into the residuals, compress, subtract what was sent; rank 0
+        gets the whole message's tensors (indices gathered from every rank), the others ``{}``."""
+        out: dict[str, CompressedTensor] = {}
+        for name, part in self.compress_parts(delta).items():
+            plan, lay = self.plans[name], self.plans[name].layout
+            if lay.sparse:
+                got = self.comm.gather(part.idx.to(torch.int32).reshape(-1), [plan.kept(r) for r in range(plan.world)])
+                if got is not None:
+                    out[name] = CompressedTensor(lay, idx=torch.cat(got).long().view(lay.num_chunks, lay.k),
+                                                 codes=part.all_codes.view(lay.num_chunks, lay.k), lookup=part.lookup)
+            elif part.raw is not None:
+                got = self.comm.gather(part.raw, self.dense_sizes(plan))
+                if got is not None:
+                    out[name] = CompressedTensor(lay, raw=torch.cat(got))
+            elif self.comm.rank == 0:
+                out[name] = CompressedTensor(lay, codes=part.all_codes, lookup=part.lookup)
+        return out
+
+    def compress_parts(self, delta: Mapping[str, torch.Tensor]) -> dict[str, LocalPart]:
+        """The error-feedback step, leaving each rank with its part of the message (see :class:`LocalPart`)."""
         missing = self.plans.keys() - delta.keys()
         if missing:
             raise CodecError(f"pseudo-gradient lacks {len(missing)} tensors, e.g. {sorted(missing)[0]!r}")
-        out: dict[str, CompressedTensor] = {}
+        out: dict[str, LocalPart] = {}
         for name, plan in self.plans.items():
             buf, d = self.buffers[name], delta[name].detach()
             if tuple(d.shape) != tuple(buf.shape):
@@ -172,27 +204,28 @@ class ShardedErrorFeedback:
                                  f"{tuple(buf.shape)}")
             buf.mul_(self.cfg.ef_decay)
             buf.add_(d if self.cfg.ef_scale == 1.0 else d * self.cfg.ef_scale)
-            ct = self._compress_dense(plan, buf) if not plan.layout.sparse else self._compress_sparse(plan, buf)
-            if ct is not None:
-                out[name] = ct
+            out[name] = self._compress_dense(plan, buf) if not plan.layout.sparse else self._compress_sparse(plan, buf)
         return out
+
+    @staticmethod
+    def dense_sizes(plan: TensorPlan) -> list[int]:
+        return [plan.shard_span(r)[1] - plan.shard_span(r)[0] for r in range(plan.world)]
 
     # --------------------------------------------------------------------------------- dense
 
-    def _compress_dense(self, plan: TensorPlan, buf: torch.Tensor) -> CompressedTensor | None:
-        comm, lay, flat = self.comm, plan.layout, buf.view(-1)
-        sizes = [plan.shard_span(r)[1] - plan.shard_span(r)[0] for r in range(plan.world)]
+    def _compress_dense(self, plan: TensorPlan, buf: torch.Tensor) -> LocalPart:
+        comm, flat = self.comm, buf.view(-1)
         if self.cfg.dense_bits == 16:
             raw = flat.to(torch.bfloat16)
             if not torch.isfinite(raw).all():
                 raise CodecError("cannot encode non-finite values: the pseudo-gradient holds NaN or Inf")
             flat.sub_(raw.float())
-            parts = comm.gather(raw, sizes)
-            return None if parts is None else CompressedTensor(lay, raw=torch.cat(parts))
-        codes, lookup = quantize(torch.cat(comm.all_gather(flat.contiguous(), sizes)), 8, self.cfg.quant_range_sigmas)
+            return LocalPart(raw=raw)
+        values = torch.cat(comm.all_gather(flat.contiguous(), self.dense_sizes(plan)))
+        codes, lookup = quantize(values, 8, self.cfg.quant_range_sigmas)
         lo, hi = plan.shard_span(comm.rank)
         flat.sub_(dequantize(codes[lo:hi], lookup))
-        return CompressedTensor(lay, codes=codes, lookup=lookup) if comm.rank == 0 else None
+        return LocalPart(codes=codes[lo:hi], lookup=lookup, all_codes=codes)
 
     # -------------------------------------------------------------------------------- sparse
 
@@ -214,7 +247,7 @@ class ShardedErrorFeedback:
             recv_sizes.append(rhi - rlo)
         return self.comm.all_to_all([s.contiguous() for s in send], recv_sizes)
 
-    def _compress_sparse(self, plan: TensorPlan, buf: torch.Tensor) -> CompressedTensor | None:
+    def _compress_sparse(self, plan: TensorPlan, buf: torch.Tensor) -> LocalPart:
         comm, lay, cfg = self.comm, plan.layout, self.cfg
         me, (t0, t1) = comm.rank, plan.owned[comm.rank]
         flat = buf.view(-1)
@@ -237,15 +270,17 @@ class ShardedErrorFeedback:
         else:
             updated = lay.block_from_chunks(chunks, t0, t1).reshape(-1)
         if plan.world > 1:
-            pieces = self._halo(plan, updated, gathering=False)
-            flat.copy_(torch.cat(pieces))
+            flat.copy_(torch.cat(self._halo(plan, updated, gathering=False)))
         else:
             flat.copy_(updated)
-        all_idx = comm.gather(idx.to(torch.int32).reshape(-1), kept)
-        if all_idx is None:
-            return None
-        return CompressedTensor(lay, idx=torch.cat(all_idx).long().view(lay.num_chunks, lay.k),
-                                codes=codes.view(lay.num_chunks, lay.k), lookup=lookup)
+        return LocalPart(idx=idx, codes=mine, lookup=lookup, all_codes=codes)
+
+    def return_rows(self, name: str, block: torch.Tensor) -> torch.Tensor:
+        """Values computed for the rows of this rank's owned tile-rows (flat) → the values of the
+        rows this rank holds, shaped like its shard (the halo, returned)."""
+        plan = self.plans[name]
+        flat = torch.cat(self._halo(plan, block.reshape(-1), gathering=False)) if plan.world > 1 else block.reshape(-1)
+        return flat.view(self.buffers[name].shape)
 
     # --------------------------------------------------------------------------------- state
 
