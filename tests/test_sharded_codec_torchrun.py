@@ -51,3 +51,16 @@ def test_ranks_of_fully_shard_write_the_message_of_one_process(tmp_path, nproc):
         for name, shape in SHAPES.items():
             rows = shard_rows(shape[0], nproc, rank)
             assert torch.equal(held[name], ef.residual(name)[slice(*rows)]), (rank, name)
+
+
+def test_a_wrongly_sharded_model_is_a_config_error_naming_the_parameter():
+    import json
+
+    run = torchrun(2, "placement_errors.py")
+    assert run.returncode == 0, run.stderr[-3000:]
+    errors = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("{")))
+    assert "('replicate', 'shard')" in errors["mesh names"]
+    assert "'0.weight' is not sharded" in errors["not sharded"]
+    assert "'0.weight' is placed (Shard(dim=1),)" in errors["dim 1"]
+    assert "'0.weight' is sharded over the ranks [0, 1], not over [0]" in errors["other mesh"]
+    assert "either a transport" in errors["transport and mesh"]

@@ -2,6 +2,7 @@
 and a peer's state saved on N ranks resumes on any other number of ranks, bit for bit."""
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -137,3 +138,47 @@ def test_a_two_rank_peer_and_a_one_process_peer_stay_bit_identical_and_it_resume
 def trained_by_both_windows(per: dict) -> list[int]:
     return sorted(w for w in set(per["sharded"]) & set(per["solo"])
                   if per["sharded"][w].get("trained") and per["solo"][w].get("trained"))
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [e.split(b"=", 1)[1] for e in env if e.startswith(b"RANK=")]
+    return int(ranks[0]) if ranks else None
+
+
+def test_when_a_rank_dies_the_whole_node_stops_with_an_error(tmp_path, data_dir):
+    import subprocess
+    import time
+
+    from live_nodes import Nodes, last_window, pending_chain
+
+    url, chain = pending_chain(tmp_path / "chain.db", [Identity.from_seed("p").hotkey], 0.1)
+    nodes = Nodes(tmp_path, data_dir, url, LIVE)
+    try:
+        nodes.launch("p", extra=["--nproc", "2"])
+        nodes.start_when_ready(chain, ["p"])
+        nodes.wait_for(lambda: last_window(nodes.run_dir("p")) >= 1, "the sharded peer to finish window 1")
+        proc = nodes.procs.pop("p")  # it is expected to fail from here on
+        workers = [pid for launcher in _children(proc.pid) for pid in _children(launcher)]
+        victim = next(pid for pid in workers if _rank_of(pid) == 1)
+        killed_at = time.monotonic()
+        os.kill(victim, 9)
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the node kept running (or hung) after one of its ranks died")
+        print(f"the node stopped {time.monotonic() - killed_at:.1f} s after rank 1 died")
+        assert code != 0
+        log = nodes.log("p")
+        assert "local_rank: 1" in log and "SIGKILL" in log  # torchrun names the rank that died
+        assert all(not Path(f"/proc/{pid}").exists() or _rank_of(pid) is None for pid in workers)  # none left
+    finally:
+        nodes.close()

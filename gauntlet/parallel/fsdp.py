@@ -31,15 +31,21 @@ def shard_model(model: torch.nn.Module, mesh, reshard_after_forward: bool = True
     return model
 
 
-def check_sharding(params: Mapping[str, torch.Tensor], world: int, rank: int, mesh_dim: int | None = None) -> None:
+def check_sharding(params: Mapping[str, torch.Tensor], world: int, rank: int, mesh_dim: int | None = None,
+                   mesh=None) -> None:
     """Every parameter is a DTensor sharded on dim 0 over ``world`` ranks as ``torch.chunk`` splits it
-    (on ``mesh_dim`` of a 2-D mesh, replicated on the other); else :class:`ConfigError` naming it."""
+    (on ``mesh_dim`` of a 2-D mesh, replicated on the other) — over ``mesh`` when one is given —
+    else :class:`ConfigError` naming it."""
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
     for name, p in params.items():
         if not isinstance(p, DTensor):
             raise ConfigError(f"parameter {name!r} is not sharded (not a DTensor): apply fully_shard to the model "
                               f"before handing it to SparseLoCo")
+        if mesh is not None and (p.device_mesh.ndim != mesh.ndim or p.device_mesh.mesh.tolist() != mesh.mesh.tolist()):
+            raise ConfigError(f"parameter {name!r} is sharded over the ranks {p.device_mesh.mesh.tolist()}, not over "
+                              f"{mesh.mesh.tolist()}: apply fully_shard(model, mesh=mesh['shard']) with the mesh given "
+                              f"to SparseLoCo")
         placements = tuple(p.placements)
         shard_dim = mesh_dim if mesh_dim is not None else len(placements) - 1
         others = [pl for i, pl in enumerate(placements) if i != shard_dim]

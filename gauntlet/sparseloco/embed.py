@@ -137,7 +137,7 @@ class SparseLoCo(_OuterLoop):
 
             check_mesh(mesh)
             params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-            check_sharding(params, mesh["shard"].size(), mesh["shard"].get_local_rank())
+            check_sharding(params, mesh["shard"].size(), mesh["shard"].get_local_rank(), mesh=mesh["shard"])
             self._local = local_tensors(params)
         super().__init__(model, inner_optimizer, transport, inner_steps, hook)
         self.config = config or SparseLoCoConfig()
