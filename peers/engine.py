@@ -358,7 +358,9 @@ class ModelEngine:
     @collective()
     def load_state(self, run_dir: str, name: str, run: str | None = None) -> dict | None:
         """Restore what :meth:`save_state` saved (re-sharded to this world size); its meta or None.
-        With ``run``, a state of another run is refused before anything is loaded."""
+        With ``run``, a state of another run is refused before anything is loaded. A state saved in the
+        other layout (one process ↔ torchrun) is refused with a StateError saying how to resume it."""
+        _check_layout(Path(run_dir), name, self.sharded)
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
@@ -389,6 +391,19 @@ class ModelEngine:
             state["optim"] = get_optimizer_state_dict(self.model, self.trainer.optimizer)
             state["ef"] = as_dtensors(self.error_feedback.buffers, self.spec, self.world.mesh)
         return state
+
+
+def _check_layout(run_dir: Path, name: str, sharded: bool) -> None:
+    from gauntlet.parallel.checkpoint import current
+    from peers.state import StateError
+
+    single, pointer = run_dir / f"{name}.safetensors", run_dir / f"{name}.json"
+    if sharded and single.exists() and current(run_dir, name) is None:
+        raise StateError(f"{single} is the state of a node run as one process; resume it the same way (without "
+                         f"torchrun or --nproc), or start the sharded node in another --run-dir")
+    if not sharded and pointer.exists() and not single.exists():
+        raise StateError(f"{run_dir} holds the state of a node run under torchrun ({pointer.name}); resume it with "
+                         f"--nproc N (any N: the state is re-sharded), or start in another --run-dir")
 
 
 def _write_atomic(durable: bool):

@@ -55,3 +55,20 @@ def test_report_renders_every_saved_result(tmp_path):
                          text=True, timeout=120, check=True).stdout
     assert out.startswith("<!-- results:begin") and out.rstrip().endswith("<!-- results:end -->")
     assert "| benchmark | headline | result |" in out
+
+
+def test_sharded_benchmark_halves_what_each_rank_holds_and_uploads_the_same_bytes():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/sharded.py", "--model", "tiny", "--nproc", "1,2", "--inner-steps", "1",
+         "--batch", "2", "--seq", "32", "--threads", "1", "--json", "--no-save"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    result = json.loads(out.stdout.splitlines()[0])
+    one, two = result["runs"]
+    assert (one["nproc"], two["nproc"]) == (1, 2) and len(two["ranks"]) == 2
+    assert result["same_bytes_for_every_n"] and one["bytes_per_window"] == two["bytes_per_window"]
+    # parameters + AdamW state + error feedback are sharded by rows: half per rank, up to uneven splits
+    assert 0.45 < result["held_vs_first"]["2"] <= 0.55
+    for run in (one, two):
+        assert {"peak_rss_mb_per_rank", "window_s", "encode_s", "decode_apply_s"} <= set(run)
+        assert all(r["held_mb"] == pytest.approx(r["params_mb"] + r["optimiser_mb"] + r["ef_mb"], abs=0.2)
+                   for r in run["ranks"])
