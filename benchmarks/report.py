@@ -129,16 +129,18 @@ def sharded_section() -> list[str]:
              f"({base['parameters'] / 1e6:.0f}M parameters) on N ranks under torchrun ({base['device']}, "
              f"{'gloo' if base['device'] == 'cpu' else 'nccl'}; FSDP2): {r['inner_steps']} AdamW steps on "
              f"{r['batch']} × {r['seq']} tokens split over the ranks, error feedback + compression (rank 0 "
-             f"writes the message), then decoding and applying it. \"Held\" counts the tensors a rank keeps "
+             f"writes the message), then decoding it (parse + checks) and applying it (decode, aggregate this "
+             f"rank's rows, outer step). \"Held\" counts the tensors a rank keeps "
              f"between windows (parameters + AdamW state + error feedback); peak RSS is the rank's peak resident "
              f"memory during the window (torch and gloo included). {stamp(r)}.", "",
-             "| N | held per rank | vs N = 1 | peak RSS per rank | vs N = 1 | window | train | encode | "
-             "decode + apply | bytes uploaded |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| N | held per rank | vs N = 1 | peak RSS per rank | vs N = 1 | window | train | encode | decode | "
+             "decode + apply | bytes uploaded |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in runs:
         lines.append(f"| {x['nproc']} | {x['held_mb_per_rank']:,.0f} MB | "
                      f"{x['held_mb_per_rank'] / base['held_mb_per_rank']:.2f}× | {x['peak_rss_mb_per_rank']:,.0f} MB | "
                      f"{x['peak_rss_mb_per_rank'] / base['peak_rss_mb_per_rank']:.2f}× | {x['window_s']:.1f} s | "
-                     f"{x['train_s']:.1f} s | {x['encode_s']:.2f} s | {x['decode_apply_s']:.2f} s | "
+                     f"{x['train_s']:.1f} s | {x['encode_s']:.2f} s | {x.get('decode_s', float('nan')):.2f} s | "
+                     f"{x['decode_apply_s']:.2f} s | "
                      f"{x['bytes_per_window']:,} B |")
     same = "the same at every N" if r.get("same_bytes_for_every_n") else "NOT the same at every N"
     lines += ["", f"Bytes uploaded per window are {same}. The trained Δ differs between N in its last float bits "
