@@ -132,7 +132,8 @@ def sharded_section() -> list[str]:
              f"writes the message), then decoding it (parse + checks) and applying it (decode, aggregate this "
              f"rank's rows, outer step). \"Held\" counts the tensors a rank keeps "
              f"between windows (parameters + AdamW state + error feedback); peak RSS is the rank's peak resident "
-             f"memory during the window (torch and gloo included). {stamp(r)}.", "",
+             f"memory during the window (torch and gloo included; glibc mmap threshold "
+             f"{r.get('malloc_mmap_threshold', 'glibc default')}). {stamp(r)}.", "",
              "| N | held per rank | vs N = 1 | peak RSS per rank | vs N = 1 | window | train | encode | decode | "
              "decode + apply | bytes uploaded |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in runs:
@@ -146,6 +147,10 @@ def sharded_section() -> list[str]:
     lines += ["", f"Bytes uploaded per window are {same}. The trained Δ differs between N in its last float bits "
               "(FSDP sums gradients in another order than one process), so the message bytes differ too; the codec "
               "itself encodes a given Δ byte-identically at N = 1, 2 and 4 (tests/test_sharded_codec_torchrun.py)."]
+    if base["device"] == "cpu" and runs[-1]["window_s"] > base["window_s"]:
+        lines += ["", f"On CPU the N ranks share the machine's cores ({r['threads']} torch threads split among them) and "
+                  "FSDP's all-gathers and reduce-scatters go through gloo on loopback, so a window gets slower "
+                  "with N: here sharding buys memory per rank, not speed."]
     if r.get("note"):
         lines += ["", r["note"]]
     return lines + [""]

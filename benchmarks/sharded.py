@@ -10,7 +10,8 @@ and runs one peer window through :class:`peers.engine.ModelEngine`, exactly as `
 Reported per N: the bytes of parameters + optimiser + error feedback held by each rank (counted from
 the tensors) and the peak resident memory of each rank during the window (VmHWM, restarted once the
 engine is built: every rank builds the full model once before ``fully_shard`` keeps its rows; that
-set-up peak is reported apart), seconds per window and per phase,
+set-up peak is reported apart; on CPU glibc's mmap threshold is fixed at 128 kB by default so that
+freed tensors leave the process, see ``--mmap-threshold``), seconds per window and per phase,
 the message size (the same for every N) and its sha256. The trained Δ, hence the message bytes, differ
 between N in the last float bits: FSDP sums gradients in another order than one process (the codec itself
 is byte-identical at every N, see tests/test_sharded_codec_torchrun.py).
@@ -151,6 +152,9 @@ def main() -> None:
     ap.add_argument("--inner-steps", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4, help="sequences per inner step (split over the ranks)")
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--mmap-threshold", type=int, default=131072, metavar="BYTES",
+                    help="glibc's MALLOC_MMAP_THRESHOLD_ for the ranks (0: glibc's default, which adapts upwards "
+                         "and then keeps freed tensors in the heap, so peak RSS also counts memory already freed)")
     ap.add_argument("--worker", action="store_true", help=argparse_suppress())
     ap.add_argument("--out", help=argparse_suppress())
     args = ap.parse_args()
@@ -165,6 +169,8 @@ def main() -> None:
                    "--batch", str(args.batch), "--seq", str(args.seq)]
             log(f"{args.model} on {n} rank(s)...")
             env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // n))}
+            if args.mmap_threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 log(proc.stderr[-3000:])
@@ -183,7 +189,7 @@ def main() -> None:
             f"window {runs[-1]['window_s']} s, message {runs[-1]['bytes_per_window']:,} B")
     base = runs[0]
     finish({"benchmark": "sharded", "model": args.model, "inner_steps": args.inner_steps, "batch": args.batch,
-            "seq": args.seq, "runs": runs,
+            "seq": args.seq, "malloc_mmap_threshold": args.mmap_threshold or "glibc default", "runs": runs,
             "same_bytes_for_every_n": len({r["bytes_per_window"] for r in runs}) == 1,
             "held_vs_first": {str(r["nproc"]): round(r["held_mb_per_rank"] / base["held_mb_per_rank"], 3)
                               for r in runs}}, args)
