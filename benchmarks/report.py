@@ -148,7 +148,8 @@ def sharded_section() -> list[str]:
               "(FSDP sums gradients in another order than one process), so the message bytes differ too; the codec "
               "itself encodes a given Δ byte-identically at N = 1, 2 and 4 (tests/test_sharded_codec_torchrun.py)."]
     if base["device"] == "cpu" and runs[-1]["window_s"] > base["window_s"]:
-        lines += ["", f"On CPU the N ranks share the machine's cores ({r['threads']} torch threads split among them) and "
+        lines += ["", f"On CPU the N ranks share the machine's cores ({r['threads']} torch threads split among them) "
+                  "and "
                   "FSDP's all-gathers and reduce-scatters go through gloo on loopback, so a window gets slower "
                   "with N: here sharding buys memory per rank, not speed."]
     if r.get("note"):

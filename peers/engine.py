@@ -27,8 +27,8 @@ from gauntlet.errors import ConfigError
 from gauntlet.models import mean_loss
 from gauntlet.parallel.world import World, broadcast_bytes, decode_call, encode_call
 from gauntlet.scoring import LossTest, sample_positions
-from gauntlet.sparseloco import ErrorFeedback, aggregate, decode_message, outer_step
-from gauntlet.sparseloco.aggregate import aggregate_tensor
+from gauntlet.sparseloco import ErrorFeedback, decode_message, outer_step
+from gauntlet.sparseloco.aggregate import aggregate_stream, aggregate_tensor
 from gauntlet.sparseloco.compress import CompressedTensor
 from gauntlet.sparseloco.fingerprint import compose, leaves, raw_bytes, row_digests
 from gauntlet.sparseloco.sharding import ShardedErrorFeedback, shard_rows
@@ -171,12 +171,13 @@ class ModelEngine:
         """:meth:`loss_test` of one gathered message."""
         return self.loss_test(message.raw if self.sharded else message, scale, own, random, random_before)
 
-    def _decode(self, items: Sequence[Message | bytes]) -> list[dict[str, CompressedTensor]]:
-        """Decoded tensors of messages; bytes are messages rank 0 has already validated (signature
-        included) when it gathered them, and are checked again for structure, not signature."""
+    def _decode(self, items: Sequence) -> list[dict[str, CompressedTensor]]:
+        """Decoded tensors of messages (:class:`Message`, spooled messages or bytes); bytes are messages
+        rank 0 has already validated (signature included) when it gathered them, and are checked again
+        for structure, not signature."""
         codec, out = self.cfg.sparseloco, []
         for item in items:
-            if isinstance(item, Message):
+            if not isinstance(item, (bytes, bytearray, memoryview)):  # a Message, or a SpooledMessage
                 tensors = item.tensors
             else:
                 tensors = decode_message(bytes(item), spec=self.spec, expected_codec=codec, require_signature=False,
@@ -189,7 +190,8 @@ class ModelEngine:
         """Aggregate the messages (canonical order: as given) into this rank's rows, apply the outer
         step. With ``want_full``, rank 0 returns the whole aggregate (to publish it)."""
         c = self.cfg.sparseloco
-        agg = aggregate(self._decode(datas), c.combine, c.clip_to_median, rows=self.rows if self.sharded else None)
+        agg = aggregate_stream(lambda i: self._decode([datas[i]])[0], len(datas), c.combine, c.clip_to_median,
+                               rows=self.rows if self.sharded else None)  # one peer decoded at a time
         outer_step(self.local, agg, c.outer_lr)
         return self._gather_full(agg) if want_full else (agg if self.world.main and not self.sharded else None)
 

@@ -9,6 +9,7 @@ against the peer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Collection, Mapping
 
@@ -39,11 +40,13 @@ def fetch_message_at(
     max_bytes: int,
     run_hash: str | None = None,
     cache: dict | None = None,
+    decoding=None,
 ) -> tuple[Message, ObjectInfo]:
     """:func:`fetch_message`, plus the store's metadata (last-modified time) of the bytes decoded.
     ``run`` names the run in object keys; ``run_hash`` (default: ``run``) is what headers carry.
     ``cache`` (shared by the nodes of one process) maps (sha256 of the bytes, expectations) to the
-    decoded message, so identical bytes are validated once."""
+    decoded message, so identical bytes are validated once. ``decoding`` (a semaphore shared by concurrent
+    fetches) bounds how many messages are being decoded at once, and so the memory that takes."""
     if hotkey not in registered:
         raise InvalidMessage(f"hotkey {hotkey} is not registered on the subnet")
     try:
@@ -53,8 +56,9 @@ def fetch_message_at(
     key = (hashlib.sha256(data).digest(), hotkey, window, run_hash or run) if cache is not None else None
     if key is not None and key in cache:
         return cache[key], info
-    message = decode_message(data, spec=spec, expected_window=window, expected_run=run_hash or run,
-                             expected_hotkey=hotkey, expected_codec=codec, max_bytes=max_bytes)
+    with decoding if decoding is not None else contextlib.nullcontext():
+        message = decode_message(data, spec=spec, expected_window=window, expected_run=run_hash or run,
+                                 expected_hotkey=hotkey, expected_codec=codec, max_bytes=max_bytes)
     if key is not None:
         if len(cache) > 4096:
             cache.clear()

@@ -10,6 +10,7 @@ weights. Each peer's outcome is classified by whose fault it is (see :mod:`peers
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -20,12 +21,13 @@ from gauntlet.errors import InvalidMessage, ObjectNotFound, StorageError
 from gauntlet.sparseloco.wire import Message
 from gauntlet.storage import ObjectStore
 from peers.exchange import fetch_message_at
+from peers.spool import Spool, SpooledMessage
 
 
 @dataclass
 class GatherResult:
     window: int
-    messages: dict[str, Message] = field(default_factory=dict)  # in the slot and valid, by hotkey
+    messages: dict[str, Message | SpooledMessage] = field(default_factory=dict)  # in the slot and valid, by hotkey
     times: dict[str, float] = field(default_factory=dict)  # last-modified time of each valid message
     missing: list[str] = field(default_factory=list)  # uploaded nothing
     outside_slot: dict[str, float] = field(default_factory=dict)  # hotkey -> last-modified time
@@ -35,7 +37,7 @@ class GatherResult:
     listed: int | None = None  # peers named by the validator's list (top-G and reserves); None: no list used
     used_published: bool = False  # the validator's signed aggregate was applied instead of these messages
 
-    def ordered(self) -> list[tuple[str, Message]]:
+    def ordered(self) -> list[tuple[str, Message | SpooledMessage]]:
         """Valid messages in canonical (hotkey) order: the order every node aggregates in."""
         return sorted(self.messages.items())
 
@@ -54,16 +56,21 @@ def gather(
     timeout: float,
     workers: int = 8,
     cache: dict | None = None,
+    spool: Spool | None = None,
+    decode_workers: int = 2,
 ) -> GatherResult:
     """Fetch and validate ``window``'s message of every hotkey in ``sources`` (hotkey → its store).
-    ``slot=None`` takes whatever is there now (for looking at others' updates before the slot)."""
+    ``slot=None`` takes whatever is there now (for looking at others' updates before the slot).
+    With ``spool``, each valid message's bytes go to local disk and only its header stays in memory
+    (:class:`peers.spool.SpooledMessage`): memory no longer grows with the number of peers."""
     result = GatherResult(window)
+    decoding = threading.BoundedSemaphore(max(1, decode_workers))  # downloads overlap; decodes (memory) are bounded
 
     def one(hotkey: str, store: ObjectStore) -> tuple[str, object]:
         try:
             message, info = fetch_message_at(store, run=run, window=window, hotkey=hotkey, registered=registered,
                                              spec=spec, codec=codec, max_bytes=max_bytes, run_hash=run_hash,
-                                             cache=cache)
+                                             cache=cache, decoding=decoding)
         except ObjectNotFound:
             return "missing", None
         except InvalidMessage as exc:
@@ -74,6 +81,8 @@ def gather(
         # resolution step before the slot opened
         if slot is not None and not slot[0] - getattr(store, "time_resolution", 0.0) <= info.last_modified <= slot[1]:
             return "outside", info.last_modified
+        if spool is not None:
+            message = spool.put(message)
         return "ok", (message, info.last_modified)
 
     pool = cf.ThreadPoolExecutor(max_workers=max(1, min(workers, len(sources))), thread_name_prefix="gather")

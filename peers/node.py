@@ -248,10 +248,10 @@ class Node:
         return listed
 
     def gather(self, window: int, in_slot: bool = True, listed: PeerList | None = None,
-               use_list: bool = True, network: tuple | None = None) -> GatherResult:
+               use_list: bool = True, network: tuple | None = None, spool=None) -> GatherResult:
         """Every committed peer's message; restricted to the validator's list (top-G and reserves)
         when one is published for the window (``use_list``) or given (``listed``). ``network``: a
-        :meth:`network` view the caller already read."""
+        :meth:`network` view the caller already read; ``spool``: keep messages on disk (see gather)."""
         sources, registered, _ = network or self.network()
         list_error = None
         if listed is None and use_list and in_slot:
@@ -267,7 +267,8 @@ class Node:
         t = self.cfg.timing
         result = gather(window, sources, run=self.run, run_hash=self.run_hash, registered=registered,
                         spec=self.spec, codec=self.cfg.sparseloco, slot=self.slot(window) if in_slot else None,
-                        max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s, cache=self.opts.message_cache)
+                        max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s, cache=self.opts.message_cache,
+                        spool=spool)
         result.list_unreadable = list_error
         result.listed = None if listed is None else len(set(listed.peers) | set(listed.reserves))
         if listed is not None:

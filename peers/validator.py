@@ -25,20 +25,31 @@ import math
 import os
 import time
 
+import torch
+
 from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
-from gauntlet.errors import ChainError, InvalidMessage, ObjectNotFound, ObjectTooLarge, StorageError
+from gauntlet.errors import (
+    ChainError,
+    InvalidMessage,
+    ObjectNotFound,
+    ObjectTooLarge,
+    StorageError,
+)
 from gauntlet.identity import Identity
 from gauntlet.rating import WindowOutcome, power_weights, tiered_weights, update_book
 from gauntlet.scoring import steps_behind
 from gauntlet.scoring.sampling import choose_for_eval
 from gauntlet.storage import BucketCard, ObjectStore, keys
-from gauntlet.uniqueness import copy_stats, find_copies, own_eval_indices
+from gauntlet.uniqueness import CopyStats, find_copies, own_eval_indices
+from gauntlet.uniqueness.copying import pair_stats
+from gauntlet.uniqueness.sampled import draw_sample, sample_seed
 from peers.artefacts import encode_artefact
 from peers.gather import GatherResult
 from peers.node import Node, NodeOptions, StopRequested
 from peers.peer_list import PeerList, encode_peer_list, select
 from peers.records import seal
+from peers.spool import Spool, read_message_sample
 from peers.validator_state import NAME as STATE_NAME
 from peers.validator_state import ValidatorBook, book_from_meta, book_meta
 
@@ -52,6 +63,7 @@ class Validator(Node):
         saved = book_from_meta(self.engine.load_state(str(opts.run_dir), STATE_NAME), opts.run_dir)
         self.book = saved or ValidatorBook(secret=(eval_secret or os.urandom(32)).hex())
         self._scores = open(opts.run_dir / "scores.jsonl", "a", encoding="utf-8")
+        self.spool = Spool(opts.run_dir / "spool", self.spec, cfg.sparseloco)
 
     # ------------------------------------------------------------------------------------ stage 1
 
@@ -75,6 +87,15 @@ class Validator(Node):
                 continue
             out[hotkey] = steps_behind(sample, reference, self.book.typical_step)
         return out
+
+    def _copy_stats(self, window: int, result: GatherResult, present: list[str]) -> CopyStats:
+        """Overlap and value similarity of every pair, on chunks drawn from this validator's secret
+        (read straight from each stored message; see :mod:`gauntlet.uniqueness.sampled`)."""
+        seed = sample_seed(bytes.fromhex(self.book.secret), window)
+        sample = draw_sample(self.spec, self.cfg.sparseloco, self.cfg.validator.copy_sample_chunks, seed)
+        pairs = [read_message_sample(result.messages[h], sample) for h in present]
+        log.debug("window %d: copy detection on %d of %d chunks", window, sample.chunks, sample.total_chunks)
+        return pair_stats(torch.stack([k for k, _ in pairs]), torch.stack([x for _, x in pairs]))
 
     # ------------------------------------------------------------------------------------ stage 2
 
@@ -123,7 +144,9 @@ class Validator(Node):
         v = self.cfg.validator
         network = self.network()  # read once per window: on Bittensor each read is a round trip
         sources, _, uids = network
-        result = self.gather_retrying(window, use_list=False, network=network)  # stage 1: every committed peer
+        self.spool.keep_only(window)  # what an interrupted evaluation of an earlier window left
+        # stage 1: every committed peer; valid messages wait on disk, one peer is decoded at a time later
+        result = self.gather_retrying(window, use_list=False, network=network, spool=self.spool)
         failed = {h: "missing" for h in result.missing}
         failed.update({h: "late" for h in result.outside_slot})
         failed.update({h: f"invalid: {why}" for h, why in result.invalid.items()})
@@ -131,7 +154,7 @@ class Validator(Node):
         behind = self._steps_behind(result, window, reference, sources)
 
         present = sorted(result.messages)
-        stats = copy_stats([result.messages[h].tensors for h in present]) if len(present) > 1 else None
+        stats = self._copy_stats(window, result, present) if len(present) > 1 else None
         copies = find_copies(present, stats, result.times, threshold=v.copy_threshold,
                              value_similarity=v.copy_value_similarity) if stats is not None else []
         offenders = {c.offender for c in copies}
@@ -159,6 +182,7 @@ class Validator(Node):
             agg = self.engine.apply([result.messages[h] for h in applied], want_full=True)
             self._publish(keys.aggregate(self.run, window),
                           encode_artefact("aggregate", agg, run=self.run_hash, window=window, signer=self.identity))
+        self.spool.keep_only(None)
         after = self.engine.weight_sample(v.weight_sample, self.cfg.seed)
         step = sum(abs(a - b) for a, b in zip(after, reference)) / len(after)
         self.book.typical_step = step if self.book.typical_step == 0 else 0.9 * self.book.typical_step + 0.1 * step

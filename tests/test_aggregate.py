@@ -82,3 +82,37 @@ def test_aggregate_refuses_mismatched_inputs():
         aggregate([{"a": A}, {"b": A}])
     with pytest.raises(ValueError, match="combine"):
         aggregate_tensor([A], "median")
+
+
+@pytest.mark.parametrize("combine", ["mean", "scatter_mean"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_one_peer_at_a_time_gives_the_same_bits_as_all_peers_at_once(combine, clip):
+    from gauntlet.sparseloco.aggregate import aggregate_stream
+    from gauntlet.sparseloco.sharding import shard_rows
+
+    shapes = {"a": (200, 300), "b": (4096, 17), "c": (5000,), "d": (30,), "e": (3, 7000)}
+    cfg = SparseLoCoConfig(sparse_1d=True)
+    g = torch.Generator().manual_seed(1)
+    updates = [ErrorFeedback(shapes, cfg).compress({n: torch.randn(s, generator=g) * (p + 1) for n, s in
+                                                    shapes.items()}) for p in range(5)]
+    loads = []
+    whole = aggregate_stream(lambda p: loads.append(p) or updates[p], 5, combine, clip)
+    assert loads == [0, 1, 2, 3, 4] * 2  # two passes, one peer in memory at a time
+    expected = aggregate(updates, combine, clip)
+    assert all(torch.equal(whole[n], expected[n]) for n in shapes)
+    rows = {n: shard_rows(s[0], 3, 1) for n, s in shapes.items()}  # a rank's rows
+    part = aggregate_stream(lambda p: updates[p], 5, combine, clip, rows)
+    assert all(torch.equal(part[n], aggregate(updates, combine, clip, rows)[n]) for n in shapes)
+
+
+def test_one_peer_at_a_time_refuses_mismatched_peers():
+    from gauntlet.errors import InvalidMessage
+    from gauntlet.sparseloco.aggregate import aggregate_stream
+
+    cfg = SparseLoCoConfig()
+    a = ErrorFeedback({"w": (64, 64)}, cfg).compress({"w": torch.randn(64, 64)})
+    b = ErrorFeedback({"v": (64, 64)}, cfg).compress({"v": torch.randn(64, 64)})
+    with pytest.raises(InvalidMessage, match="different sets"):
+        aggregate_stream(lambda p: [a, b][p], 2)
+    with pytest.raises(ValueError):
+        aggregate_stream(lambda p: a, 0)

@@ -21,7 +21,7 @@ so decoding a shard of the rows gives exactly the bits of those rows in the whol
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -104,20 +104,26 @@ def aggregate_tensor(parts: Sequence[CompressedTensor], combine: str = "mean", c
     peers = len(parts)
     start, stop = rows if rows is not None else (0, lay.shape[0] if lay.shape else 1)
     scale = clip_scales(torch.stack([value_norm(p) for p in parts]), clip_to_median)
-    if not lay.sparse or len(lay.shape) == 1:  # dense, or a sparse 1-D tensor (one tile-row): whole
-        if lay.sparse:
-            whole = aggregate_tensor(parts, combine, clip_to_median)
-        else:
-            vals = torch.stack([p.values() for p in parts])
-            whole = (vals * scale[:, None]).sum(dim=0).div_(peers).reshape(lay.shape)
+    if not lay.sparse:
+        vals = torch.stack([p.values() for p in parts])
+        whole = (vals * scale[:, None]).sum(dim=0).div_(peers).reshape(lay.shape)
         return whole if rows is None else whole[start:stop]
+    if len(lay.shape) == 1:  # a sparse 1-D tensor is one tile-row of its (1, n) view: aggregate it whole
+        whole = _sparse_rows(parts, scale, combine, lay, 0, 1).reshape(lay.shape)
+        return whole if rows is None else whole[start:stop]
+    return _sparse_rows(parts, scale, combine, lay, start, stop).reshape((stop - start, *lay.shape[1:]))
+
+
+def _sparse_rows(parts: Sequence[CompressedTensor], scale: torch.Tensor, combine: str, lay, start: int,
+                 stop: int) -> torch.Tensor:
+    """Rows [start, stop) of the 2-D view of a sparse tensor's aggregate, decoding only their chunks."""
     t0, t1 = lay.tile_rows_of(start, stop)
     c0, c1 = t0 * lay.tiles_c, t1 * lay.tiles_c
     idx = torch.stack([p.idx[c0:c1] for p in parts])
     total = combine_chunks(idx, _chunk_values(parts, c0, c1), scale, combine, lay.chunk_numel)
     block = lay.block_from_chunks(total, t0, t1)  # rows of tile-rows [t0, t1)
     first = lay.block_rows(t0, t1)[0]
-    return block[start - first: stop - first].reshape((stop - start, *lay.shape[1:]))
+    return block[start - first: stop - first]
 
 
 def aggregate(
@@ -149,3 +155,79 @@ def outer_step(params: Mapping[str, torch.Tensor], agg: Mapping[str, torch.Tenso
         p = params[name]
         update = update.to(device=p.device, dtype=p.dtype)
         p.sub_(update if lr == 1.0 else update * lr)
+
+
+def _whole_at_once(lay) -> bool:
+    """Tensors aggregated from every peer's part together: dense ones and sparse 1-D ones (small)."""
+    return not lay.sparse or len(lay.shape) == 1
+
+
+def aggregate_stream(
+    load: Callable[[int], Mapping[str, CompressedTensor]], count: int, combine: str = "mean",
+    clip_to_median: bool = True, rows: Mapping[str, Rows] | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`aggregate` of ``[load(0), …, load(count − 1)]`` with one peer's update in memory at a
+    time — the same bits. Two passes over the peers: the first takes each tensor's norm (and keeps the
+    small dense and 1-D parts), the second folds each peer's clipped values into the sums, peer by
+    peer in the given order (each element receives its peers' values in that order, as in one
+    scatter-add over all peers)."""
+    if count <= 0:
+        raise ValueError("aggregate needs at least one peer's update")
+    if combine not in ("mean", "scatter_mean"):
+        raise ValueError(f"combine must be 'mean' or 'scatter_mean', not {combine!r}")
+    names: list[str] | None = None
+    layouts: dict[str, object] = {}
+    norms: dict[str, list[torch.Tensor]] = {}
+    small: dict[str, list[CompressedTensor]] = {}
+    for p in range(count):
+        update = load(p)
+        if names is None:
+            names = sorted(update)
+            layouts = {n: update[n].layout for n in names}
+            norms = {n: [] for n in names}
+            small = {n: [] for n in names if _whole_at_once(layouts[n])}
+        elif sorted(update) != names:
+            raise InvalidMessage("peers' updates cover different sets of tensors")
+        for n in names:
+            if update[n].layout != layouts[n]:
+                raise InvalidMessage(f"peers disagree on the layout of a tensor of shape {layouts[n].shape}")
+            norms[n].append(value_norm(update[n]))
+            if n in small:
+                small[n].append(update[n])
+        del update
+    out = {n: aggregate_tensor(parts, combine, clip_to_median, None if rows is None else rows[n])
+           for n, parts in small.items()}
+    big = [n for n in names if n not in small]
+    scales = {n: clip_scales(torch.stack(norms[n]), clip_to_median) for n in big}
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
+    spans: dict[str, tuple[int, int, int, int]] = {}
+    for n in big:
+        lay = layouts[n]
+        start, stop = rows[n] if rows is not None else (0, lay.shape[0])
+        t0, t1 = lay.tile_rows_of(start, stop)
+        spans[n] = (start, stop, t0, t1)
+    for p in range(count if big else 0):
+        update = load(p)
+        for n in big:
+            ct, (_, _, t0, t1) = update[n], spans[n]
+            c0, c1 = t0 * layouts[n].tiles_c, t1 * layouts[n].tiles_c
+            idx = ct.idx[c0:c1]
+            vals = ct.lookup.gather(0, ct.codes[c0:c1].reshape(-1).long()).view(idx.shape)
+            if n not in sums:
+                sums[n] = torch.zeros((c1 - c0, layouts[n].chunk_numel), dtype=vals.dtype, device=vals.device)
+                if combine == "scatter_mean":
+                    counts[n] = torch.zeros_like(sums[n])
+            if combine == "mean":
+                sums[n].scatter_add_(1, idx, vals * (scales[n][p] / count))
+            else:
+                sums[n].scatter_add_(1, idx, vals * scales[n][p])
+                counts[n].scatter_add_(1, idx, torch.ones_like(vals))
+        del update
+    for n in big:
+        lay, (start, stop, t0, t1) = layouts[n], spans[n]
+        total = sums[n].div_(counts[n].clamp_min_(1)) if combine == "scatter_mean" else sums[n]
+        block = lay.block_from_chunks(total, t0, t1)
+        first = lay.block_rows(t0, t1)[0]
+        out[n] = block[start - first: stop - first].reshape((stop - start, *lay.shape[1:]))
+    return {n: out[n] for n in names}

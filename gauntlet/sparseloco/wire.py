@@ -227,6 +227,19 @@ def _expected_parts(shapes: Mapping[str, tuple[int, ...]], cfg: SparseLoCoConfig
     return layouts, _ordered(parts)
 
 
+def part_offsets(shapes: Mapping[str, tuple[int, ...]], cfg: SparseLoCoConfig) -> dict[str, tuple[int, int]]:
+    """Where each part (``NAME::idx`` …) lies in the data section of any valid message with these
+    shapes and codec: ``(begin, end)`` bytes from the data start. Offsets are canonical, so this is
+    the same for every sender; only the header before the data section differs in length."""
+    _, parts = _expected_parts(shapes, cfg)
+    out, offset = {}, 0
+    for key, dtype, count in parts:
+        size = count * (4 if dtype == "F32" else 2 if dtype == "BF16" else 1)
+        out[key] = (offset, offset + size)
+        offset += size
+    return out
+
+
 def _check_entries(header: dict, parts: list, data_len: int) -> None:
     names = {k for k in header if k != "__metadata__"}
     _check(names == {p[0] for p in parts}, "payload tensors do not match the header's tensor list")

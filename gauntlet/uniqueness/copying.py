@@ -49,11 +49,21 @@ def copy_stats(updates: Sequence[Mapping[str, CompressedTensor]]) -> CopyStats:
     if not keys or peers == 0:
         eye = torch.eye(peers)
         return CopyStats(eye, eye.clone())
-    keys_all, vals_all = torch.cat(keys, dim=1), torch.cat(vals, dim=1).double()
-    kept = keys_all.shape[1]
-    flat_keys, order = keys_all.reshape(-1).sort()
+    return pair_stats(torch.cat(keys, dim=1), torch.cat(vals, dim=1))
+
+
+def pair_stats(keys: torch.Tensor, values: torch.Tensor) -> CopyStats:
+    """Overlap and value cosine of every pair of peers from ``(P, K)`` global position keys (distinct
+    within a row) and the values kept there: what :func:`copy_stats` computes once keys are known,
+    and what the sampled detector (:mod:`gauntlet.uniqueness.sampled`) computes on a sample."""
+    peers, kept = keys.shape
+    if peers == 0 or kept == 0:
+        eye = torch.eye(peers)
+        return CopyStats(eye, eye.clone())
+    flat_keys, order = keys.reshape(-1).sort()
     owner = torch.arange(peers).repeat_interleave(kept)[order]
-    value = vals_all.reshape(-1)[order]
+    value = values.reshape(-1).double()[order]
+    del order
     shared = torch.zeros(peers * peers, dtype=torch.float64)
     dots, norm_i = torch.zeros_like(shared), torch.zeros_like(shared)
     # Entries with equal keys are adjacent; compare each with the one d places later for d = 1, 2, ...
