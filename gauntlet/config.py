@@ -141,9 +141,9 @@ class ValidatorConfig(_Section):
     copy_penalty: float = Field(0.5, ge=0, le=1)
     copy_value_similarity: float = Field(0.95, gt=0, le=1, description="Cosine of values on shared indices "
                                          "above which an overlap of half the threshold also counts as copying.")
-    copy_sample_chunks: int = Field(1024, ge=0, description="Chunks compared per window for copy detection, "
+    copy_sample_chunks: int = Field(768, ge=0, description="Chunks compared per window for copy detection, "
                                     "drawn from the validator's secret after the upload slot (0: every chunk). "
-                                    "1024 misclassifies a pair 0.1 away from a threshold with probability < 1e-6.")
+                                    "768 misclassifies a pair 0.1 away from a threshold with probability < 2e-7.")
     weights_every: int = Field(2, ge=1, description="Windows between set_weights calls.")
     policy: Literal["power", "tiered"] = "power"
     power_p: float = Field(2.2, gt=0)

@@ -32,7 +32,7 @@ def encode(delta, cfg, signer, window=3):
 
 
 def sampled_stats(messages, cfg, chunks, seed=7):
-    sample = draw_sample(SHAPES, cfg, chunks, seed)
+    sample = draw_sample(dict(reversed(SHAPES.items())), cfg, chunks, seed)  # a model lists tensors in any order
     pairs = [read_sample(m, data_start(m), sample) for m in messages]
     return pair_stats(torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])), sample
 
@@ -96,14 +96,15 @@ def test_sampled_detection_catches_copiers_names_the_later_uploader_and_spares_h
 def test_the_default_sample_misclassifies_a_pair_with_probability_below_one_in_a_million():
     assert [chunks_needed(t) for t in (0.4, 0.5, 0.6)] == [687, 677, 687]
     default = ValidatorConfig().copy_sample_chunks
-    assert default == 1024
+    assert default == 768
     for t in (0.4, 0.5, 0.6, 0.2):  # the reset/ban thresholds, and half the copy threshold
         bound = misclassification_bound(default, t)
         assert bound < 1e-6
         # the bound dominates the binomial tail (the extreme case of [0, 1]-valued chunk overlaps)
         assert sps.binom.sf(round(t * default) - 1, default, t - 0.1) <= bound
         assert sps.binom.cdf(round(t * default) - 1, default, t + 0.1) <= bound
-    assert misclassification_bound(1024, 0.5) == pytest.approx(8.37e-10, rel=1e-2)
+    assert misclassification_bound(768, 0.5) == pytest.approx(1.56e-7, rel=1e-2)
+    assert misclassification_bound(768, 0.4) == pytest.approx(1.92e-7, rel=1e-2)
     assert misclassification_bound(100, 0.5) > 1e-2  # too small a sample is visibly unsafe
     assert misclassification_bound(500, 0.5, total_chunks=400) == 0.0  # every chunk read: exact
 
@@ -114,3 +115,39 @@ def test_a_message_shorter_than_the_runs_layout_is_refused():
     sample = draw_sample(SHAPES, cfg, 0, 1)
     with pytest.raises(InvalidMessage, match="layout needs"):
         read_sample(message[:-100], data_start(message), sample)
+
+
+def test_sampled_positions_are_read_at_the_right_bytes_whatever_order_the_model_lists_its_tensors():
+    cfg = SparseLoCoConfig()
+    message = encode({n: torch.randn(s) for n, s in SHAPES.items()}, cfg, PEERS[0])
+    tensors = decode_message(message).tensors
+    for spec in (SHAPES, dict(reversed(SHAPES.items()))):
+        sample = draw_sample(spec, cfg, 30, seed=2)
+        keys, values = read_sample(message, data_start(message), sample)
+        assert keys.unique().numel() == keys.numel() == sample.kept
+        # every sampled (position, value) is one the decoded message holds
+        offset, lookup = 0, {}
+        for name in sorted(SHAPES):
+            ct = tensors[name]
+            if not ct.layout.sparse:
+                continue
+            base = offset + torch.arange(ct.layout.num_chunks).view(-1, 1) * ct.layout.chunk_numel
+            for key, val in zip((base + ct.idx).view(-1).tolist(), ct.values().view(-1).tolist()):
+                lookup[key] = val
+            offset += ct.layout.num_chunks * ct.layout.chunk_numel
+        assert all(lookup[k] == v for k, v in zip(keys.tolist(), values.tolist()))
+
+
+def test_positions_many_peers_share_are_counted_by_matmul_with_the_same_result(monkeypatch):
+    import gauntlet.uniqueness.copying as copying
+
+    g = torch.Generator().manual_seed(0)
+    keys = torch.stack([torch.randperm(20000, generator=g)[:2000] + 1000 for _ in range(40)])
+    keys[10:30, :500] = torch.arange(500)  # 20 sybils send the same 500 positions
+    values = torch.randn(40, 2000, generator=g)
+    hybrid = pair_stats(keys, values)
+    monkeypatch.setattr(copying, "SMALL_GROUP", 10**9)  # every run paired entry by entry
+    one_by_one = pair_stats(keys, values)
+    assert torch.equal(hybrid.overlap, one_by_one.overlap)
+    assert torch.allclose(hybrid.cosine, one_by_one.cosine, atol=1e-6)
+    assert float(hybrid.overlap[10, 29]) >= 0.25  # the 500 shared of 2000 kept, plus chance

@@ -231,7 +231,7 @@ def part_offsets(shapes: Mapping[str, tuple[int, ...]], cfg: SparseLoCoConfig) -
     """Where each part (``NAME::idx`` …) lies in the data section of any valid message with these
     shapes and codec: ``(begin, end)`` bytes from the data start. Offsets are canonical, so this is
     the same for every sender; only the header before the data section differs in length."""
-    _, parts = _expected_parts(shapes, cfg)
+    _, parts = _expected_parts({n: tuple(shapes[n]) for n in sorted(shapes)}, cfg)  # messages list names in order
     out, offset = {}, 0
     for key, dtype, count in parts:
         size = count * (4 if dtype == "F32" else 2 if dtype == "BF16" else 1)

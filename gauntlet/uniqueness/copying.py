@@ -52,38 +52,110 @@ def copy_stats(updates: Sequence[Mapping[str, CompressedTensor]]) -> CopyStats:
     return pair_stats(torch.cat(keys, dim=1), torch.cat(vals, dim=1))
 
 
+SMALL_GROUP = 16  # positions shared by at most this many peers are paired one by one; busier ones by matmul
+BLOCK_BYTES = 64 << 20  # memory of one dense block of busy positions
+
+
 def pair_stats(keys: torch.Tensor, values: torch.Tensor) -> CopyStats:
     """Overlap and value cosine of every pair of peers from ``(P, K)`` global position keys (distinct
     within a row) and the values kept there: what :func:`copy_stats` computes once keys are known,
-    and what the sampled detector (:mod:`gauntlet.uniqueness.sampled`) computes on a sample."""
+    and what the sampled detector (:mod:`gauntlet.uniqueness.sampled`) computes on a sample.
+
+    After one sort, a position shared by ``s`` peers is a run of ``s`` equal keys. Runs of at most
+    ``SMALL_GROUP`` are paired by comparing each entry with the one ``d`` places later (d < 16);
+    positions that more peers share (many peers sending the same indices — sybils, or strongly
+    correlated updates) are accumulated as dense matrix products over blocks of those positions, so
+    the cost stays O(N log N + 16 N + P² · busy positions) instead of growing with P for every entry."""
     peers, kept = keys.shape
     if peers == 0 or kept == 0:
         eye = torch.eye(peers)
         return CopyStats(eye, eye.clone())
-    flat_keys, order = keys.reshape(-1).sort()
-    owner = torch.arange(peers).repeat_interleave(kept)[order]
+    flat_keys, order = _compact(keys).reshape(-1).sort()
+    owner = order // kept
     value = values.reshape(-1).double()[order]
     del order
+    ends = torch.ones_like(flat_keys, dtype=torch.bool)  # the last entry of each run of equal keys
+    ends[:-1] = flat_keys[1:] != flat_keys[:-1]
+    del flat_keys
+    last = ends.nonzero().view(-1)
+    run = ends.cumsum(0, dtype=torch.int32)
+    run[ends] -= 1  # run number of each entry
+    del ends
+    later = last[run] - torch.arange(run.numel())  # entries after this one in its run
+    busy = None
+    if int(later.max()) >= SMALL_GROUP:  # some position is shared by more than SMALL_GROUP peers
+        first = torch.cat([last.new_zeros(1), last[:-1] + 1])
+        busy = (last - first + 1)[run] > SMALL_GROUP
+        later.masked_fill_(busy, 0)  # paired by matmul below
+    del last
     shared = torch.zeros(peers * peers, dtype=torch.float64)
     dots, norm_i = torch.zeros_like(shared), torch.zeros_like(shared)
-    # Entries with equal keys are adjacent; compare each with the one d places later for d = 1, 2, ...
-    # until no group is that long (at most P: a peer never repeats a key).
-    for d in range(1, peers):
-        same = flat_keys[d:] == flat_keys[:-d]
-        if not bool(same.any()):
-            break
-        a, b = owner[:-d][same], owner[d:][same]
-        va, vb = value[:-d][same], value[d:][same]
-        for i, j, vi, vj in ((a, b, va, vb), (b, a, vb, va)):  # both orders: a symmetric matrix
-            pair = i * peers + j
-            shared.index_add_(0, pair, torch.ones_like(vi))
-            dots.index_add_(0, pair, vi * vj)
-            norm_i.index_add_(0, pair, vi * vi)
+    _pairs_in_runs(owner, value, later, peers, shared, dots, norm_i)
+    if busy is not None:
+        _pairs_by_matmul(run[busy], owner[busy], value[busy], peers, shared, dots, norm_i)
+    del owner, value, run, later
     shared, dots, norm_i = (t.view(peers, peers) for t in (shared, dots, norm_i))
     shared.fill_diagonal_(float(kept))
     cosine = dots / (norm_i * norm_i.t()).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
     cosine.fill_diagonal_(1.0)
     return CopyStats((shared / kept).float(), torch.where(shared > 0, cosine, 0.0).float())
+
+
+def _compact(keys: torch.Tensor) -> torch.Tensor:
+    """The same equalities with smaller numbers: int32 ranks of the distinct keys when they fit (a
+    32-bit sort moves half the bytes of a 64-bit one)."""
+    lo, hi = int(keys.min()), int(keys.max())
+    return (keys - lo).to(torch.int32) if hi - lo < 2**31 - 1 else keys
+
+
+def _pairs_in_runs(owner, value, later, peers, shared, dots, norm_i) -> None:
+    """Pair every entry with the one ``d`` places later while both are in one run (``later``: how many
+    entries follow each one in its run; 0 for runs left to the matmul), d = 1, 2, … < SMALL_GROUP.
+    Each step reads only the entries that have a partner at that distance, in order."""
+    limit = min(SMALL_GROUP, peers)
+    with_partner = torch.bincount(later.clamp(max=limit), minlength=limit + 1).flip(0).cumsum(0).flip(0)
+    cells = peers * peers
+    row = owner * peers  # the cell row of each entry's peer
+    counts = torch.zeros(cells, dtype=torch.int64)
+    half_dots, norm_left, norm_right = torch.zeros_like(dots), torch.zeros_like(norm_i), torch.zeros_like(norm_i)
+    for d in range(1, limit):  # with_partner[d]: entries with a partner d places later
+        if int(with_partner[d]) == 0:
+            break
+        left = (later >= d).nonzero().view(-1)
+        right = left + d
+        va, vb = value[left], value[right]
+        ab = row[left] + owner[right]  # one order now; the transpose is added at the end
+        counts += torch.bincount(ab, minlength=cells)
+        half_dots.index_add_(0, ab, va * vb)
+        norm_left.index_add_(0, ab, va * va)
+        norm_right.index_add_(0, ab, vb * vb)
+    view = (peers, peers)
+    half = counts.double().view(view)
+    shared.add_((half + half.t()).view(-1))
+    half = half_dots.view(view)
+    dots.add_((half + half.t()).view(-1))
+    norm_i.add_((norm_left.view(view) + norm_right.view(view).t()).reshape(-1))
+
+
+def _pairs_by_matmul(group, owner, value, peers, shared, dots, norm_i) -> None:
+    """Positions shared by many peers: per block of positions, a dense (P, B) matrix of who kept
+    each one (A) and the values (V); shared += A·Aᵀ, dots += V·Vᵀ, norm_i += (V∘V)·Aᵀ (diagonals are
+    overwritten by the caller)."""
+    column = torch.unique_consecutive(group, return_inverse=True)[1]
+    columns = int(column[-1]) + 1
+    block = max(1, BLOCK_BYTES // (8 * peers))
+    view = (peers, peers)
+    for c0 in range(0, columns, block):  # bounded memory; a handful of blocks in practice
+        c1 = min(columns, c0 + block)
+        lo, hi = torch.searchsorted(column, torch.tensor([c0, c1]))
+        col, who, val = column[lo:hi] - c0, owner[lo:hi], value[lo:hi]
+        a = torch.zeros((peers, c1 - c0), dtype=torch.float64)
+        v = torch.zeros_like(a)
+        a[who, col] = 1.0
+        v[who, col] = val
+        shared.view(view).add_(a @ a.t())
+        dots.view(view).add_(v @ v.t())
+        norm_i.view(view).add_((v * v) @ a.t())
 
 
 @dataclass(frozen=True)

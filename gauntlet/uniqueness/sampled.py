@@ -15,8 +15,8 @@ without replacement, so the Chernoff–Hoeffding bound in its relative-entropy f
 correlation inside a chunk: a pair whose true overlap is ``p`` is seen on the other side of a
 threshold ``t`` with probability at most ``exp(−n · KL(t ‖ p))``. :func:`misclassification_bound`
 gives the worse of the two sides for pairs at distance ``margin`` from ``t``. With the default
-``n = 1024`` and a margin of 0.1 the bound is 1.1·10⁻⁹ at t = 0.4 and 0.6 and 8.4·10⁻¹⁰ at t = 0.5
-(below 10⁻⁶ from n = 687; :func:`chunks_needed`). When a run has no more chunks than ``n``, every chunk is read and the
+``n = 768`` and a margin of 0.1 the bound is 1.9·10⁻⁷ at t = 0.4 and 0.6 and 1.6·10⁻⁷ at t = 0.5
+(below 10⁻⁶ from n = 687; :func:`chunks_needed`); n = 1024 would give 1.1·10⁻⁹. When a run has no more chunks than ``n``, every chunk is read and the
 result equals the full comparison exactly. The value-similarity rule (overlap ≥ t/2 and cosine ≥
 0.95) uses the cosine on the sampled shared positions; it has no closed-form bound (docs/validator.md
 shows what the tests catch).
@@ -37,7 +37,6 @@ from gauntlet.errors import InvalidMessage
 from gauntlet.sparseloco.chunking import make_layout
 from gauntlet.sparseloco.wire import part_offsets
 
-DEFAULT_SAMPLE_CHUNKS = 1024
 
 
 @dataclass(frozen=True)
