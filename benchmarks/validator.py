@@ -150,14 +150,13 @@ def message_files(root: Path, count: int) -> list[tuple[str, Path]]:
 def copy_detection(files: list[tuple[str, Path]], spec, cfg: SparseLoCoConfig, chunks: int) -> list[tuple[str, str]]:
     """What the validator does after its gather: sample, read the sampled bytes, compare, decide."""
     sample = draw_sample(spec, cfg, chunks, sample_seed(b"bench-secret", WINDOW))
-    ks, vs = [], []
-    for _, path in files:
+    def one(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            start = 8 + int.from_bytes(mm[:8], "little")
-            k, v = read_sample(mm, start, sample)
-        ks.append(k)
-        vs.append(v)
-    stats = pair_stats(torch.stack(ks), torch.stack(vs))
+            return read_sample(mm, 8 + int.from_bytes(mm[:8], "little"), sample)
+
+    with cf.ThreadPoolExecutor(4) as pool:  # as peers/validator.py: page faults overlap
+        pairs = list(pool.map(one, [p for _, p in files]))
+    stats = pair_stats(torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs]))
     hotkeys = [h for h, _ in files]
     times = {h: float(i) for i, h in enumerate(hotkeys)}
     v = ValidatorConfig()
@@ -195,9 +194,14 @@ def gather_to_spool(root: Path, files, spec, cfg: SparseLoCoConfig, spool: Path)
     return len(headers)
 
 
+def stored_spec(store: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes the parent wrote beside the messages (a child then needs no model code at all)."""
+    return {n: tuple(s) for n, s in json.loads((store.parent / "spec.json").read_text()).items()}
+
+
 def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    spec, cfg = model_spec(args.model), SparseLoCoConfig()
+    spec, cfg = stored_spec(args.store), SparseLoCoConfig()
     files = message_files(args.store, args.count)
     baseline = peak_rss_mb()
     out: dict = {"baseline_rss_mb": baseline}
@@ -267,6 +271,7 @@ def run(args) -> dict:
     peers = [int(p) for p in args.peers.split(",")]
     gather_peers = [int(p) for p in args.gather_peers.split(",")] if args.gather_peers else peers
     manifest = build_store(args.store, args.model, spec, cfg, max(peers + gather_peers))
+    (args.store.parent / "spec.json").write_text(json.dumps(spec))
     size = message_files(args.store, 1)[0][1].stat().st_size
     copies, memory, base, cold, gathers, gather_mem = {}, {}, None, {}, {}, {}
     for count in peers:

@@ -84,12 +84,18 @@ class DataConfig(_Section):
     """The training corpus and tokenizer (PROTOCOL §5 assigns samples of it to peers)."""
 
     source: str = Field("stdlib", description="stdlib (offline default: the Python standard library "
-                        "sources), a local file or directory (.txt .md .py .jsonl .parquet), or hf:NAME[:SPLIT]")
+                        "sources), a local file or directory (.txt .md .py .jsonl .parquet .arrow, a saved "
+                        "Hugging Face dataset), pre-tokenised shards (.bin .npy, or a `gauntlet data prepare` "
+                        "folder), or hf:NAME[:SPLIT]")
     tokenizer: str = Field("bytes", description="bytes, bpe:VOCAB (trained on the corpus, cached), "
                            "or a Hugging Face tokenizer name/path")
     seq_len: int = Field(128, ge=8, le=65536, description="Tokens per training sequence.")
     val_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share of documents held out.")
     max_tokens: int | None = Field(None, ge=1, description="Stop preparing after this many tokens.")
+    vocab_size: int | None = Field(None, ge=2, le=1 << 32, description="Vocabulary of pre-tokenised shards "
+                                   "(.bin/.npy); other sources take it from their tokenizer.")
+    token_dtype: Literal["uint16", "uint32"] = Field("uint16", description="Token width of flat .bin shards "
+                                                     "(nanoGPT writes uint16; .npy and llm.c shards say theirs).")
 
 
 class ModelConfig(_Section):

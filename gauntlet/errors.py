@@ -16,6 +16,10 @@ class ConfigError(GauntletError, ValueError):
     """A configuration file, field or override is invalid."""
 
 
+class DataError(GauntletError, ValueError):
+    """A dataset file is unusable: truncated, of another tokenizer, missing a column, unreadable."""
+
+
 class InvalidMessage(GauntletError, ValueError):
     """Bytes that claim to be a peer message are malformed, oversized, unsigned or not for us.
 

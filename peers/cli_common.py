@@ -196,7 +196,12 @@ def run_node(args, role: str, start) -> int:
     store and runs ``start(cfg, identity, chain, store, card, world)``; every other rank builds the
     same model, shards it, and serves rank 0's engine operations until rank 0 stops."""
     from gauntlet.config import load_config
-    from gauntlet.parallel.world import exit_now, init_world, launched_by_torchrun, shutdown
+    from gauntlet.parallel.world import (
+        exit_now,
+        init_world,
+        launched_by_torchrun,
+        shutdown,
+    )
 
     if not launched_by_torchrun():
         if args.nproc:
@@ -226,11 +231,12 @@ def run_node(args, role: str, start) -> int:
     return code
 
 
-def _prepare_data(cfg, args) -> Path:
-    from gauntlet.data import prepare
+def _prepare_data(cfg, args):
+    """The (train, validation) datasets; text sources are tokenised into the cache once."""
+    from gauntlet.data import open_dataset
     from peers.node import default_data_dir
 
-    return prepare(cfg.data, args.data_dir or default_data_dir())
+    return open_dataset(cfg.data, args.data_dir or default_data_dir())
 
 
 def _barrier(world) -> None:
@@ -241,7 +247,6 @@ def _barrier(world) -> None:
 
 def _serve(cfg, args, world, train: bool) -> None:
     """A rank other than 0: no chain, no storage, no wallet; the model's shards and rank 0's commands."""
-    from gauntlet.data import TokenDataset
     from gauntlet.models import build_model
     from peers.engine import ModelEngine
 
@@ -250,6 +255,6 @@ def _serve(cfg, args, world, train: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0 decides when to stop, and tells the others
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _barrier(world)  # rank 0 has prepared the data
-    vocab = TokenDataset(_prepare_data(cfg, args), "train").vocab_size
+    vocab = _prepare_data(cfg, args)[0].vocab_size
     model = build_model(cfg.model, vocab, cfg.data.seq_len, seed=cfg.seed)
     ModelEngine(cfg, model, world, train=train).serve()

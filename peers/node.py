@@ -13,7 +13,7 @@ import torch
 
 from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
-from gauntlet.data import TokenDataset, prepare
+from gauntlet.data import open_dataset
 from gauntlet.errors import ChainError, InvalidCommitment, InvalidMessage, ObjectNotFound, StorageError
 from gauntlet.identity import Identity
 from gauntlet.models import build_model
@@ -60,8 +60,7 @@ class Node:
 
         self.cfg, self.identity, self.chain, self.store, self.opts = cfg, identity, chain, store, opts
         self.run, self.run_hash = cfg.run_name, cfg.run_hash()
-        root = prepare(cfg.data, opts.data_dir)
-        self.train_set, self.val_set = TokenDataset(root, "train"), TokenDataset(root, "val")
+        self.train_set, self.val_set = open_dataset(cfg.data, opts.data_dir)
         self.model = build_model(cfg.model, self.train_set.vocab_size, cfg.data.seq_len, seed=cfg.seed)
         # the weights, on this process or sharded over the ranks of a torchrun job (rank 0 drives)
         self.engine = ModelEngine(cfg, self.model, opts.world, train=self.TRAINS)

@@ -129,7 +129,7 @@ def write_outputs(scenario: Scenario, views: list[WindowView], summary: dict, cf
 
 
 def run_lockstep(scenario: Scenario, progress) -> tuple[list[WindowView], dict[str, str], float, int]:
-    from gauntlet.data import prepare
+    from gauntlet.data import open_dataset
     from gauntlet.models import mean_loss
     from peers.behaviours import load_behaviour
     from peers.lockstep import build, run_window
@@ -141,7 +141,7 @@ def run_lockstep(scenario: Scenario, progress) -> tuple[list[WindowView], dict[s
                          "follow; use --mode live for other --storage/--chain URLs")
     data_dir = scenario.data_dir or default_data_dir()
     progress.phase("preparing data")
-    prepare(cfg.data, data_dir)
+    open_dataset(cfg.data, data_dir)  # tokenised once here (text sources), or shards checked
     behaviours = {name: load_behaviour(spec) for name, spec in scenario.nodes().items()}
     net = build(scenario.out / "network", cfg, behaviours, data_dir, identity=scenario.identity,
                 stop_after_window=scenario.windows - 1)  # the validator also sets weights at the last window

@@ -56,7 +56,7 @@ def _command(role: str, name: str, scenario, cfg_file: Path, chain_url: str, sto
 
 
 def run_live(scenario, progress):
-    from gauntlet.data import prepare
+    from gauntlet.data import open_dataset
     from gauntlet.models import build_model
     from peers.node import default_data_dir
 
@@ -67,7 +67,7 @@ def run_live(scenario, progress):
     out.mkdir(parents=True, exist_ok=True)
     data_dir = (scenario.data_dir or default_data_dir()).resolve()
     progress.phase("preparing data")
-    prepare(cfg.data, data_dir)
+    open_dataset(cfg.data, data_dir)  # tokenised once here (text sources), or shards checked
     cfg_file = out / "config.json"
     cfg_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
     chain_url = scenario.chain or f"local://{out}/chain.db?block_time={BLOCK_TIME}"

@@ -18,6 +18,7 @@ Each window ``w``, after its upload slot has closed (:meth:`Validator.evaluate_w
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import json
 import logging
@@ -93,7 +94,8 @@ class Validator(Node):
         (read straight from each stored message; see :mod:`gauntlet.uniqueness.sampled`)."""
         seed = sample_seed(bytes.fromhex(self.book.secret), window)
         sample = draw_sample(self.spec, self.cfg.sparseloco, self.cfg.validator.copy_sample_chunks, seed)
-        pairs = [read_message_sample(result.messages[h], sample) for h in present]
+        with cf.ThreadPoolExecutor(4, thread_name_prefix="copy-sample") as pool:  # page faults overlap
+            pairs = list(pool.map(lambda h: read_message_sample(result.messages[h], sample), present))
         log.debug("window %d: copy detection on %d of %d chunks", window, sample.chunks, sample.total_chunks)
         return pair_stats(torch.stack([k for k, _ in pairs]), torch.stack([x for _, x in pairs]))
 

@@ -76,18 +76,23 @@ class _SplitWriter:
         return self.shards
 
 
-def prepare(cfg: DataConfig, cache_root: str | Path) -> Path:
-    """Build (or reuse) the prepared dataset for ``cfg`` under ``cache_root``; returns its directory."""
+def prepare(cfg: DataConfig, cache_root: str | Path, target: str | Path | None = None) -> Path:
+    """Build (or reuse) the prepared dataset for ``cfg``: in ``target`` if given, else under
+    ``cache_root`` (which also caches trained tokenizers); returns its directory. The shards are
+    written in a temporary sibling folder that is renamed into place only when complete."""
     cache_root = Path(cache_root)
-    target = cache_root / dataset_key(cfg)
+    target = Path(target) if target is not None else cache_root / dataset_key(cfg)
     if (target / "meta.json").exists():
         return target
+    if target.exists() and any(target.iterdir()):
+        raise ConfigError(f"{target} exists and is not a prepared dataset: choose an empty or new folder")
     cache_root.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     corpus_id = f"{cfg.source}|{cfg.val_fraction}|{cfg.max_tokens}"
     train_texts = (t for d, t in iter_documents(cfg.source) if not is_validation(d, cfg.val_fraction))
     tokenizer = load_tokenizer(cfg.tokenizer, cache_root / "tokenizers", train_texts, corpus_id)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32)
-    work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=cache_root))
+    work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=target.parent))
     try:
         writers = {s: _SplitWriter(work, s, cfg.seq_len, dtype) for s in ("train", "val")}
         docs, batch = 0, []
@@ -115,6 +120,8 @@ def prepare(cfg: DataConfig, cache_root: str | Path) -> Path:
                 "dtype": dtype.name, "documents": docs, "splits": splits}
         (work / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
+            if target.exists():
+                target.rmdir()  # an empty folder the user named
             os.rename(work, target)
         except OSError:  # another process finished first: use its result
             shutil.rmtree(work, ignore_errors=True)
@@ -154,3 +161,14 @@ class TokenDataset:
             shard = int(np.searchsorted(self._starts, i, side="right")) - 1
             out[row] = self._shards[shard][i - self._starts[shard]]
         return torch.from_numpy(out)
+
+
+def open_dataset(cfg: DataConfig, cache_root: str | Path):
+    """The (train, validation) sequences of ``cfg.source``: pre-tokenised shards are read in place
+    (:mod:`gauntlet.data.tokens`); text sources are tokenised once into the cache (:func:`prepare`)."""
+    from gauntlet.data.tokens import is_token_source, open_token_shards
+
+    if is_token_source(cfg.source):
+        return open_token_shards(cfg.source, cfg.seq_len, cfg.vocab_size, cfg.val_fraction, cfg.token_dtype)
+    root = prepare(cfg, cache_root)
+    return TokenDataset(root, "train"), TokenDataset(root, "val")

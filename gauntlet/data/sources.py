@@ -14,7 +14,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-from gauntlet.errors import ConfigError
+from gauntlet.errors import ConfigError, DataError
 
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst"}
 
@@ -47,18 +47,54 @@ def _parquet(path: Path) -> Iterator[tuple[str, str]]:
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError(f"reading {path} needs pyarrow: pip install 'gauntlet[data]'") from None
-    table = pq.read_table(path, columns=["text"])
-    for n, text in enumerate(table.column("text").to_pylist()):
+    try:
+        names = pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises its own types for unreadable files
+        raise DataError(f"{path}: not a readable parquet file: {exc}") from None
+    if "text" not in names:
+        raise DataError(f"{path}: parquet file has no 'text' column (columns: {', '.join(names[:12])})")
+    for n, text in enumerate(pq.read_table(path, columns=["text"]).column("text").to_pylist()):
         yield f"{path.name}:{n}", text or ""
 
 
+def _hf_rows(path: Path, rows) -> Iterator[tuple[str, str]]:
+    if "text" not in rows.column_names:
+        raise DataError(f"{path}: dataset has no 'text' column (columns: {', '.join(rows.column_names[:12])})")
+    for n, text in enumerate(rows["text"]):
+        yield f"{path.name}:{n}", text or ""
+
+
+def _hf_saved(path: Path) -> Iterator[tuple[str, str]]:
+    """A dataset written by ``datasets``' ``save_to_disk`` (a folder), or one of its ``.arrow`` files."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"reading {path} needs the datasets package: pip install 'gauntlet[data]'") from None
+    try:
+        rows = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_file(str(path))
+    except Exception as exc:  # datasets/pyarrow raise many types for unreadable data
+        raise DataError(f"{path}: not a readable Hugging Face dataset: {exc}") from None
+    if isinstance(rows, datasets.DatasetDict):
+        rows = rows["train"] if "train" in rows else rows[next(iter(rows))]
+    return _hf_rows(path, rows)
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
+
+
 def _local(path: Path) -> Iterator[tuple[str, str]]:
+    if _is_saved_dataset(path):
+        yield from _hf_saved(path)
+        return
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         if f.suffix == ".jsonl":
             yield from _jsonl(f)
         elif f.suffix == ".parquet":
             yield from _parquet(f)
+        elif f.suffix == ".arrow":
+            yield from _hf_saved(f)
         elif f.suffix in TEXT_SUFFIXES:
             yield f.relative_to(path).as_posix() if path.is_dir() else f.name, f.read_text("utf-8", errors="replace")
 
@@ -69,9 +105,13 @@ def _hub(spec: str) -> Iterator[tuple[str, str]]:
         from datasets import load_dataset
     except ImportError:
         raise ConfigError(f"data source hf:{spec} needs the datasets package: pip install 'gauntlet[data]'") from None
-    rows = load_dataset(name, split=split or "train", streaming=True)
-    for n, row in enumerate(rows):
-        yield f"{name}:{n}", row.get("text") or ""
+    try:
+        rows = load_dataset(name, split=split or "train", streaming=True)
+        for n, row in enumerate(rows):
+            yield f"{name}:{n}", row.get("text") or ""
+    except (ConnectionError, OSError, ValueError) as exc:
+        raise DataError(f"data source hf:{spec}: the Hugging Face hub could not be read ({exc}). Offline? Download "
+                        f"the files and point data.source at them (parquet, JSONL, .arrow or token shards)") from None
 
 
 def iter_documents(source: str) -> Iterator[tuple[str, str]]:

@@ -72,7 +72,7 @@ def pair_stats(keys: torch.Tensor, values: torch.Tensor) -> CopyStats:
         return CopyStats(eye, eye.clone())
     flat_keys, order = _compact(keys).reshape(-1).sort()
     owner = order // kept
-    value = values.reshape(-1).double()[order]
+    value = values.reshape(-1).float()[order]
     del order
     ends = torch.ones_like(flat_keys, dtype=torch.bool)  # the last entry of each run of equal keys
     ends[:-1] = flat_keys[1:] != flat_keys[:-1]
@@ -117,7 +117,8 @@ def _pairs_in_runs(owner, value, later, peers, shared, dots, norm_i) -> None:
     cells = peers * peers
     row = owner * peers  # the cell row of each entry's peer
     counts = torch.zeros(cells, dtype=torch.int64)
-    half_dots, norm_left, norm_right = torch.zeros_like(dots), torch.zeros_like(norm_i), torch.zeros_like(norm_i)
+    # float32 sums of float32 products (at most K terms a pair): ~1e-5 relative, far finer than 0.95
+    half_dots, norm_left, norm_right = (torch.zeros(cells, dtype=torch.float32) for _ in range(3))
     for d in range(1, limit):  # with_partner[d]: entries with a partner d places later
         if int(with_partner[d]) == 0:
             break
@@ -132,9 +133,9 @@ def _pairs_in_runs(owner, value, later, peers, shared, dots, norm_i) -> None:
     view = (peers, peers)
     half = counts.double().view(view)
     shared.add_((half + half.t()).view(-1))
-    half = half_dots.view(view)
+    half = half_dots.double().view(view)
     dots.add_((half + half.t()).view(-1))
-    norm_i.add_((norm_left.view(view) + norm_right.view(view).t()).reshape(-1))
+    norm_i.add_((norm_left.double().view(view) + norm_right.double().view(view).t()).reshape(-1))
 
 
 def _pairs_by_matmul(group, owner, value, peers, shared, dots, norm_i) -> None:
@@ -152,7 +153,7 @@ def _pairs_by_matmul(group, owner, value, peers, shared, dots, norm_i) -> None:
         a = torch.zeros((peers, c1 - c0), dtype=torch.float64)
         v = torch.zeros_like(a)
         a[who, col] = 1.0
-        v[who, col] = val
+        v[who, col] = val.double()
         shared.view(view).add_(a @ a.t())
         dots.view(view).add_(v @ v.t())
         norm_i.view(view).add_((v * v) @ a.t())

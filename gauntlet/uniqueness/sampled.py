@@ -16,10 +16,10 @@ correlation inside a chunk: a pair whose true overlap is ``p`` is seen on the ot
 threshold ``t`` with probability at most ``exp(−n · KL(t ‖ p))``. :func:`misclassification_bound`
 gives the worse of the two sides for pairs at distance ``margin`` from ``t``. With the default
 ``n = 768`` and a margin of 0.1 the bound is 1.9·10⁻⁷ at t = 0.4 and 0.6 and 1.6·10⁻⁷ at t = 0.5
-(below 10⁻⁶ from n = 687; :func:`chunks_needed`); n = 1024 would give 1.1·10⁻⁹. When a run has no more chunks than ``n``, every chunk is read and the
-result equals the full comparison exactly. The value-similarity rule (overlap ≥ t/2 and cosine ≥
-0.95) uses the cosine on the sampled shared positions; it has no closed-form bound (docs/validator.md
-shows what the tests catch).
+(below 10⁻⁶ from n = 687; :func:`chunks_needed`); n = 1024 would give 1.1·10⁻⁹. When a run has
+no more chunks than ``n``, every chunk is read and the result equals the full comparison exactly.
+The value-similarity rule (overlap ≥ t/2 and cosine ≥ 0.95) uses the cosine on the sampled shared
+positions; it has no closed-form bound (docs/validator.md shows what the tests catch).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from gauntlet.config import SparseLoCoConfig
 from gauntlet.errors import InvalidMessage
 from gauntlet.sparseloco.chunking import make_layout
 from gauntlet.sparseloco.wire import part_offsets
-
 
 
 @dataclass(frozen=True)
