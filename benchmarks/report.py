@@ -71,7 +71,7 @@ def validator_section() -> list[str]:
              f"in a file:// store (two planted copiers, always named). Copy detection reads each stored message's "
              f"header and the bytes of a secret sample of {rs[-1]['sample_chunks']} chunks, compares every pair "
              f"and names the offenders; a fresh process per P, so its peak memory is the timed part's alone "
-             f"(of which {rs[-1]['baseline_rss_mb']:,} MB is the interpreter, torch and transformers). Page cache "
+             f"(of which {rs[-1]['baseline_rss_mb']:,} MB is the process before it reads a message). Page cache "
              f"warm; the cold column evicts the files first. {stamp(rs[-1])}.", "",
              f"| shape | message | copy detection, {' / '.join(counts)} peers | cold, {big} | peak memory, "
              f"{' / '.join(counts)} peers |", "|---|---|---|---|---|"]

@@ -85,3 +85,17 @@ def test_gather_with_a_spool_keeps_only_headers_in_memory_and_spool_folders_are_
     assert sorted(c.name for c in (tmp_path / "spool").iterdir()) == ["4"]
     spool.keep_only(None)
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_message_with_other_shapes_is_rejected_before_it_is_spooled_or_sampled(tmp_path, setup):
+    cfg, spec, raws = setup
+    other = {n: (s[0] + 1, *s[1:]) if n.endswith("lm_head.weight") else s for n, s in spec.items()}
+    wrong = encode_message(ErrorFeedback(other, cfg.sparseloco).compress({n: torch.randn(s) for n, s in other.items()}),
+                           window=4, run="run", codec=cfg.sparseloco, signer=PEERS[0])
+    chain_store = FileStore(tmp_path / "p0")
+    chain_store.put(keys.message("run", 4, PEERS[0].hotkey), wrong)
+    spool = Spool(tmp_path / "spool", spec, cfg.sparseloco)
+    result = gather(4, {PEERS[0].hotkey: chain_store}, run="run", run_hash="run", registered={PEERS[0].hotkey},
+                    spec=spec, codec=cfg.sparseloco, slot=None, max_bytes=1 << 24, timeout=60, spool=spool)
+    assert not result.messages and "shape" in result.invalid[PEERS[0].hotkey]
+    assert not (tmp_path / "spool" / "4").exists() or not any((tmp_path / "spool" / "4").iterdir())
