@@ -84,7 +84,7 @@ class DataConfig(_Section):
     """The training corpus and tokenizer (PROTOCOL §5 assigns samples of it to peers)."""
 
     source: str = Field("stdlib", description="stdlib (offline default: the Python standard library "
-                        "sources), a local file or directory (.txt .md .py .jsonl .parquet .arrow, a saved "
+                        "sources), a local file or directory (.txt .md .py .jsonl .json .parquet .arrow, a saved "
                         "Hugging Face dataset), pre-tokenised shards (.bin .npy, or a `gauntlet data prepare` "
                         "folder), or hf:NAME[:SPLIT]")
     tokenizer: str = Field("bytes", description="bytes, bpe:VOCAB (trained on the corpus, cached), "

@@ -96,8 +96,11 @@ def test_parquet_and_saved_hugging_face_datasets_prepare_and_train(tmp_path):
     texts = [f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 8 for i in range(100)]
     pq.write_table(pa.table({"text": texts, "id": list(range(100))}), tmp_path / "docs.parquet")
     datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "saved"))
+    datasets.Dataset.from_dict({"text": texts}).to_json(str(tmp_path / "lines.json"))  # JSON lines
+    (tmp_path / "array.json").write_text(json.dumps([{"text": t} for t in texts]))
     arrow = next((tmp_path / "saved").glob("*.arrow"))
-    for source in (tmp_path / "docs.parquet", tmp_path / "saved", arrow):
+    for source in (tmp_path / "docs.parquet", tmp_path / "saved", arrow, tmp_path / "lines.json",
+                   tmp_path / "array.json"):
         train, val = open_dataset(DataConfig(source=str(source), seq_len=SEQ, val_fraction=0.2), tmp_path / "cache")
         assert train.vocab_size == 256 and len(train) > 50 and len(val) > 0
         assert np.isfinite(train_a_window(train))
@@ -107,9 +110,17 @@ def test_parquet_and_saved_hugging_face_datasets_prepare_and_train(tmp_path):
 
 
 def test_a_hub_dataset_offline_says_what_to_do(tmp_path, monkeypatch):
-    pytest.importorskip("datasets")
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the packages read these at import; an earlier test may have imported them already
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    if hasattr(datasets.config, "HF_HUB_OFFLINE"):
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    if hasattr(datasets.config, "HF_DATASETS_OFFLINE"):
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     with pytest.raises(DataError, match="Offline\\? Download the files"):
         open_dataset(DataConfig(source="hf:someone/not-here", seq_len=SEQ), tmp_path / "cache")
 

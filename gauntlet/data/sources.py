@@ -42,6 +42,25 @@ def _jsonl(path: Path) -> Iterator[tuple[str, str]]:
                 yield f"{path.name}:{n}", row["text"]
 
 
+def _json(path: Path) -> Iterator[tuple[str, str]]:
+    """A ``.json`` file as Hugging Face ``datasets`` writes it: JSON lines, or one array of objects."""
+    with open(path, encoding="utf-8") as fh:
+        first = fh.read(1)
+        while first.isspace():
+            first = fh.read(1)
+    if first != "[":
+        yield from _jsonl(path)
+        return
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise DataError(f"{path}: item {n} needs a string field 'text'")
+        yield f"{path.name}:{n}", row["text"]
+
+
 def _parquet(path: Path) -> Iterator[tuple[str, str]]:
     try:
         import pyarrow.parquet as pq
@@ -91,6 +110,8 @@ def _local(path: Path) -> Iterator[tuple[str, str]]:
     for f in files:
         if f.suffix == ".jsonl":
             yield from _jsonl(f)
+        elif f.suffix == ".json":
+            yield from _json(f)
         elif f.suffix == ".parquet":
             yield from _parquet(f)
         elif f.suffix == ".arrow":
