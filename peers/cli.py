@@ -5,6 +5,7 @@ Subcommands available in this version:
 - ``gauntlet simulate``: a whole network on this machine, then a report (``gauntlet simulate --help``).
 - ``gauntlet peer``: run a peer node (see ``gauntlet peer --help``).
 - ``gauntlet validate``: run a validator (see ``gauntlet validate --help``).
+- ``gauntlet doctor``: check a node's set-up (keys, bucket, chain, clock, disk, device, data).
 - ``gauntlet data prepare|inspect``: tokenise text into token shards; look inside token shards.
 - ``gauntlet inspect FILE``: decode and fully validate a peer message (the wire format), and show
   its header and what each tensor carries. Exit status 0 for a valid message, 2 for an invalid one.
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--max-bytes", type=int, default=1 << 30, help="refuse larger files (default 1 GiB)")
     ins.set_defaults(func=_inspect)
     from peers.data_cli import add_parser as add_data
+    from peers.doctor_cli import add_parser as add_doctor
     from peers.peer_cli import add_parser as add_peer
     from peers.simulate_cli import add_parser as add_simulate
     from peers.validator_cli import add_parser as add_validator
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_peer(sub)
     add_validator(sub)
     add_data(sub)
+    add_doctor(sub)
     return ap
 
 
