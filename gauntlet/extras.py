@@ -8,7 +8,8 @@ when one is missing, :func:`install_hint` turns the ImportError into the line th
 from __future__ import annotations
 
 EXTRA_OF = {
-    "bittensor": "node", "boto3": "node", "botocore": "node", "openskill": "node", "transformers": "node",
+    "bittensor": "node", "boto3": "node", "botocore": "node", "openskill": "node", "prometheus_client": "node",
+    "transformers": "node", "wandb": "wandb",
     "tokenizers": "node", "huggingface_hub": "node", "rich": "node", "matplotlib": "node",
     "moto": "sim", "flask": "sim", "werkzeug": "sim",
     "pyarrow": "data", "datasets": "data",
@@ -17,6 +18,7 @@ WHAT = {
     "node": "the peer, validator and simulation nodes",
     "sim": "the embedded S3 server of simulations",
     "data": "parquet and Hugging Face datasets",
+    "wandb": "logging to Weights & Biases (--wandb.project)",
 }
 
 

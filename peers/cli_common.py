@@ -51,6 +51,14 @@ def add_node_arguments(p: argparse.ArgumentParser, role: str) -> dict[str, argpa
     g.add_argument("--data-dir", type=Path, help="prepared datasets cache (default ~/.cache/gauntlet/data)")
     g.add_argument("--until-window", type=int, help="stop after this window (default: run forever)")
     g.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    g = groups["monitoring"] = p.add_argument_group("monitoring")
+    g.add_argument("--metrics.port", dest="metrics_port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on /metrics and a health check on /healthz (200 while the node "
+                        "keeps up with the chain, 503 with the reason when it is a window or more behind)")
+    g.add_argument("--metrics.addr", dest="metrics_addr", default="127.0.0.1",
+                   help="address to serve metrics on (loopback by default; 0.0.0.0 exposes them)")
+    g.add_argument("--wandb.project", dest="wandb_project", metavar="NAME",
+                   help="also log each window's metrics to Weights & Biases (offline when WANDB_MODE=offline)")
     g = groups["devices"] = p.add_argument_group(
         "devices (one process, or N processes with the model sharded over them by FSDP2)")
     g.add_argument("--nproc", type=int, metavar="N",

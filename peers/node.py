@@ -22,6 +22,7 @@ from gauntlet.storage import BucketCard, ObjectStore, keys, store_from_card
 from gauntlet.uniqueness import assigned_indices
 from peers.artefacts import decode_artefact
 from peers.gather import GatherResult, gather
+from peers.metrics import MetricsServer, NodeMetrics
 from peers.peer_list import MAX_BYTES as PEER_LIST_MAX_BYTES
 from peers.peer_list import PeerList, decode_peer_list, select
 
@@ -39,6 +40,9 @@ class NodeOptions:
     durable: bool = True  # fsync state files (simulations in one process may skip it)
     message_cache: dict | None = None  # decoded messages shared by the nodes of one process (lockstep)
     world: World | None = None  # the ranks of a torchrun job (this process is rank 0); None: one process
+    metrics_port: int | None = None  # serve /metrics and /healthz on this port (0: any free port)
+    metrics_addr: str = "127.0.0.1"
+    wandb_project: str | None = None  # also log window metrics to Weights & Biases
 
 
 def default_data_dir() -> Path:
@@ -53,6 +57,7 @@ class StopRequested(Exception):
 
 class Node:
     TRAINS = False  # whether the node's engine has an inner optimiser and error feedback (peers)
+    ROLE = "node"  # "peer" or "validator": names its metrics
 
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: NodeOptions) -> None:
@@ -65,6 +70,8 @@ class Node:
         # the weights, on this process or sharded over the ranks of a torchrun job (rank 0 drives)
         self.engine = ModelEngine(cfg, self.model, opts.world, train=self.TRAINS)
         self.params, self.spec = self.engine.params, self.engine.spec
+        self.metrics = NodeMetrics(self.ROLE, identity.hotkey)
+        self.metrics_server: MetricsServer | None = None
         self._sources: dict[bytes, ObjectStore] = {}
         self._stop_reason: str | None = None
         opts.run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,18 +113,44 @@ class Node:
     CHAIN_CHECK_S = 30.0  # during a long wait, how often the chain's clock is asked
     RETRY_S = 2.0  # pause before retrying after the chain or a store failed
 
+    def start_metrics(self) -> None:
+        """Serve /metrics and /healthz when asked (``metrics_port``), and tell the health check the
+        chain's window clock."""
+        self.metrics.set_clock(self.window_start(0), self.window_start(1) - self.window_start(0))
+        if self.opts.wandb_project and self.metrics.sink is None:
+            from peers.metrics import WandbSink
+
+            self._wandb = WandbSink(self.opts.wandb_project, self.ROLE, self.identity.hotkey, self.opts.run_dir,
+                                    {"run": self.run, "config": self.cfg.run_hash()})
+            self.metrics.sink = self._wandb.log
+        if self.opts.metrics_port is not None and self.metrics_server is None:
+            self.metrics_server = MetricsServer(self.metrics, self.opts.metrics_port, self.opts.metrics_addr)
+            log.info("metrics on http://%s:%d/metrics, health on /healthz", self.opts.metrics_addr,
+                     self.metrics_server.port)
+
+    def stop_metrics(self) -> None:
+        self.metrics.set_phase("stopped")
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        if getattr(self, "_wandb", None) is not None:
+            self._wandb.close()
+            self._wandb, self.metrics.sink = None, None
+
     def wait_until(self, when: float) -> None:
         """Sleep until ``when`` on the network's clock. The local clock paces the wait and the chain
         has the last word: a local clock that jumped ahead cannot make the node act before the
         chain's latest block is within one block of ``when``, and one that fell behind cannot keep it
         waiting once the chain has passed ``when``. If the chain cannot be read, the local clock rules."""
         last_check, warned = -math.inf, False
+        self.metrics.set_phase("waiting")
         while True:
             local = time.time()
             if local >= when or time.monotonic() - last_check >= self.CHAIN_CHECK_S:
                 last_check = time.monotonic()
                 try:
                     block = self.chain.block()
+                    self.metrics.chain_window.set(block // self.cfg.timing.blocks_per_window)
                     chain_now = self.chain.timestamp(block)
                     step = chain_now - self.chain.timestamp(block - 1) if block > 0 else 0.0
                 except ChainError as exc:
@@ -278,10 +311,12 @@ class Node:
     def gather_retrying(self, window: int, **kwargs) -> GatherResult:
         """:meth:`gather`, again (up to ``GATHER_RETRIES`` times, with back-off) while fetches fail
         for the infrastructure's fault; messages already validated come from the cache."""
+        self.metrics.set_phase("gathering")
         result = self.gather(window, **kwargs)
         for attempt in range(self.GATHER_RETRIES):
             if not (result.failed or result.list_unreadable):
                 break
             self.sleep(self.RETRY_BACKOFF_S * 2**attempt)
             result = self.gather(window, **kwargs)
+        self.metrics.gather_outcomes(result)
         return result

@@ -39,7 +39,7 @@ from peers.behaviours import Behaviour, WindowContext
 from peers.explain import window_line
 from peers.gather import GatherResult
 from peers.node import Node, NodeOptions, StopRequested, default_data_dir  # noqa: F401  (re-exported)
-from peers.state import LocalState, parse_state_meta, state_meta
+from peers.state import LocalState, parse_state_meta, state_meta, state_size
 
 log = logging.getLogger("gauntlet.peer")
 
@@ -55,6 +55,7 @@ class PeerOptions(NodeOptions):
 class Peer(Node):
     CATCH_UP_WINDOWS = 2  # replay up to this many missed windows; further behind, load a checkpoint
     TRAINS = True
+    ROLE = "peer"
 
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: PeerOptions, behaviour: Behaviour | None = None) -> None:
@@ -136,6 +137,7 @@ class Peer(Node):
     def make_message(self, window: int) -> tuple[bytes | None, dict]:
         """Step 1: the behaviour's Δ for the window, compressed, signed (and maybe tampered with)."""
         started = time.monotonic()
+        self.metrics.set_phase("training")
         self._train_loss = None
         ctx = self.context(window)
         delta = self.behaviour.pseudo_gradient(ctx)
@@ -153,8 +155,13 @@ class Peer(Node):
         """Step 2 (at the window boundary): put the message in this peer's bucket."""
         if data is None:
             return False
+        self.metrics.set_phase("uploading")
         try:
+            started = time.monotonic()
             self.store.put(keys.message(self.run, window, self.identity.hotkey), data)
+            self.metrics.upload_seconds.set(time.monotonic() - started)
+            self.metrics.upload_bytes.set(len(data))
+            self.metrics.uploads.inc()
             return True
         except StorageError as exc:
             log.error("window %d: upload failed: %s", window, exc)
@@ -184,7 +191,10 @@ class Peer(Node):
                         window, len(result.failed), len(result.messages))
         ordered = result.ordered()
         if ordered:
+            self.metrics.set_phase("applying")
+            started = time.monotonic()
             self.last_aggregate = self.engine.apply([m for _, m in ordered])
+            self.metrics.outer_seconds.set(time.monotonic() - started)
         return result
 
     def _step(self, agg: dict[str, torch.Tensor]) -> None:
@@ -221,8 +231,14 @@ class Peer(Node):
             log.warning("window %d: could not publish the fingerprint: %s", window, exc)
         val = self.engine.mean_loss(self.val_batches)
         self.window_done = window
+        self.metrics.set_phase("saving")
+        started = time.monotonic()
         self.engine.save_state(str(self.opts.run_dir), "state", window,
                                state_meta(LocalState(window, self.trainer.step, self.run)), self.opts.durable)
+        self.metrics.save_seconds.set(time.monotonic() - started)
+        self.metrics.state_bytes.set(state_size(self.opts.run_dir, "state"))
+        self.metrics.val_loss.set(val)
+        self.metrics.finished(window)
         line = {"window": window, "time": time.time(), "hotkey": self.identity.hotkey, "val_loss": round(val, 5),
                 "fingerprint": fp, "ef_checksum": self.engine.ef_checksum()[:16],
                 "gathered": sorted(result.messages), "missing": result.missing,
@@ -271,6 +287,7 @@ class Peer(Node):
                                  self.opts.run_dir, self.run)
         if state is not None:
             self.window_done, self.trainer.step = state.window, state.inner_step
+            self.metrics.finished(state.window)
             line = self._event("resumed", window=state.window)
             log.info("resumed after window %d with error-feedback state %s", state.window, line["ef_checksum"])
         self.wait_for_genesis()
@@ -284,10 +301,12 @@ class Peer(Node):
         applied without training (catch-up), so no failure desyncs it."""
         try:
             self.start()
+            self.start_metrics()
             self._loop()
         except StopRequested as stop:
             log.info("stopping (%s); the state of window %d is saved", stop, self.window_done)
         finally:
+            self.stop_metrics()
             self._metrics.close()
             self.engine.stop()
 

@@ -134,3 +134,12 @@ def load_state(run_dir: Path, model: torch.nn.Module, ef: ErrorFeedback,
     """Restore a saved state into the given objects; None when there is none."""
     path = run_dir / STATE_FILE
     return parse_state_meta(load_local(path, model, ef, optimizer, run), path, run)
+
+
+def state_size(run_dir: Path, name: str) -> int:
+    """Bytes a node's saved state takes in ``run_dir`` (one file, or torch.distributed.checkpoint
+    folders and their pointer). A few stat calls."""
+    run_dir = Path(run_dir)
+    files = [run_dir / f"{name}.safetensors", run_dir / f"{name}.json"]
+    files += [f for d in run_dir.glob(f"{name}-*") if d.is_dir() for f in d.rglob("*")]
+    return sum(f.stat().st_size for f in files if f.is_file())

@@ -51,6 +51,7 @@ from peers.node import Node, NodeOptions, StopRequested
 from peers.peer_list import PeerList, encode_peer_list, select
 from peers.records import seal
 from peers.spool import Spool, read_message_sample
+from peers.state import state_size
 from peers.validator_state import NAME as STATE_NAME
 from peers.validator_state import ValidatorBook, book_from_meta, book_meta
 
@@ -58,6 +59,7 @@ log = logging.getLogger("gauntlet.validator")
 
 
 class Validator(Node):
+    ROLE = "validator"
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
                  opts: NodeOptions, eval_secret: bytes | None = None) -> None:
         super().__init__(cfg, identity, chain, store, opts)
@@ -165,6 +167,7 @@ class Validator(Node):
         last_eval = {h: r.last_eval for h, r in self.book.records.items()}
         chosen = choose_for_eval(candidates, ordinals, last_eval, v.eval_peers, v.eval_bins)
         t1 = time.time()
+        self.metrics.set_phase("evaluating")
         tests = self._loss_tests(window, result, chosen)
         t2 = time.time()
 
@@ -181,7 +184,10 @@ class Validator(Node):
             members = present
         applied = sorted(members)
         if applied:
+            self.metrics.set_phase("applying")
+            started = time.monotonic()
             agg = self.engine.apply([result.messages[h] for h in applied], want_full=True)
+            self.metrics.outer_seconds.set(time.monotonic() - started)
             self._publish(keys.aggregate(self.run, window),
                           encode_artefact("aggregate", agg, run=self.run_hash, window=window, signer=self.identity))
         self.spool.keep_only(None)
@@ -217,7 +223,15 @@ class Validator(Node):
             self._scores.write(json.dumps({"hotkey": hotkey, "uid": uids.get(hotkey), **why[hotkey]}) + "\n")
         self._scores.flush()
         self.book.window = window
+        self.metrics.set_phase("saving")
+        started = time.monotonic()
         self._save()
+        self.metrics.save_seconds.set(time.monotonic() - started)
+        self.metrics.state_bytes.set(state_size(self.opts.run_dir, STATE_NAME))
+        by_uid = {u: h for h, u in uids.items()}
+        self.metrics.peer_scores({h: r.final for h, r in self.book.records.items()},
+                                 None if weights is None else {by_uid[u]: w for u, w in weights.items() if u in by_uid})
+        self.metrics.finished(window, time.time() - t0)
         log.info("window %d: %d present, %d tested, %d copies, %d aggregated, fingerprint %s", window, len(present),
                  len(tests), len(copies), len(applied), record["fingerprint"][:12])
         return record
@@ -268,10 +282,13 @@ class Validator(Node):
         request: SIGTERM / Ctrl-C end the loop at its next wait, between windows)."""
         try:
             self.start()
+            self.metrics.finished(self.book.window)
+            self.start_metrics()
             self._loop()
         except StopRequested as stop:
             log.info("stopping (%s); the state of window %d is saved", stop, self.book.window)
         finally:
+            self.stop_metrics()
             self._scores.close()
             self.engine.stop()
 

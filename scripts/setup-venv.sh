@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates or updates ./.venv: PyTorch (CPU build, pinned, installed first so that no CUDA wheels are
-# pulled), then this package in editable mode with every extra (node, sim, data) and the dev tools. Re-running is quick: it only
+# pulled), then this package in editable mode with every extra (node, sim, data, wandb) and the dev tools. Re-running is quick: it only
 # reinstalls when pyproject.toml or this script changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,6 @@ want=$(cat pyproject.toml scripts/setup-venv.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setting up .venv (torch ${TORCH_VERSION:=2.13.0}, gauntlet and its dependencies)..."
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==${TORCH_VERSION}"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[node,sim,data,dev]"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[node,sim,data,wandb,dev]"
   echo "$want" > "$stamp"
 fi
