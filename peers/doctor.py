@@ -49,7 +49,7 @@ class Setup:
     run_dir: Path
     data_dir: Path
     free_bytes: int | None = None  # pretend the disk has this much free (tests, planning)
-    retain: int = 1  # states kept besides the one being written
+    retain: int = 3  # windows of published objects kept (--retain)
 
 
 def guarded(name: str, fn: Callable[[], Check], timeout: float = CHECK_TIMEOUT_S) -> Check:
@@ -182,16 +182,28 @@ def state_bytes(params: int, role: str) -> int:
     return params * (16 if role == "peer" else 4)
 
 
+def window_bytes(params: int, role: str) -> int:
+    """Bytes a node publishes per window: a peer's message (≈ 0.0276 B/parameter), a validator's
+    fp32 aggregate (4 B/parameter)."""
+    return int(params * (0.0276 if role == "peer" else 4))
+
+
 def check_disk(s: Setup, params: int) -> Check:
     one = state_bytes(params, s.role)
-    need = one * (s.retain + 1)  # the kept states and the one being written
+    need = 2 * one  # the state and the one being written beside it
+    per_window = window_bytes(params, s.role)
+    local_bucket = getattr(s.card, "scheme", None) == "file"
+    if local_bucket:  # the bucket is on this machine: the retained windows (and checkpoints) live here too
+        need += s.retain * per_window + (s.retain * params * 4 if s.role == "validator" else 0)
     if s.role == "validator":
         need += int(params * 0.0276 * 256)  # a window's spooled messages (256 peers)
     s.run_dir.mkdir(parents=True, exist_ok=True)
     free = s.free_bytes if s.free_bytes is not None else shutil.disk_usage(s.run_dir).free
-    text = f"{_gb(free)} free in {s.run_dir}; this {s.role} needs {_gb(need)} ({_gb(one)} a state)"
+    text = (f"{_gb(free)} free in {s.run_dir}; this {s.role} needs {_gb(need)} ({_gb(one)} a state, "
+            f"{_gb(per_window)} published a window, {s.retain} windows kept"
+            f"{' on this disk' if local_bucket else ' in the bucket'})")
     if free < need:
-        return Check("disk", False, text, "free space, or point --run-dir at a larger disk")
+        return Check("disk", False, text, "free space, point --run-dir at a larger disk, or lower --retain")
     return Check("disk", True, text)
 
 

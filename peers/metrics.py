@@ -42,6 +42,8 @@ class NodeMetrics:
         self.save_seconds = Gauge("gauntlet_state_save_seconds", "Seconds the last state save took", registry=r)
         self.state_bytes = Gauge("gauntlet_state_bytes", "Bytes of node state on disk (all kept windows)",
                                  registry=r)
+        self.bucket_window_bytes = Gauge("gauntlet_bucket_window_bytes", "Bytes this node wrote to its bucket in "
+                                         "the last window (× --retain windows are kept)", registry=r)
         self.window_seconds = Gauge("gauntlet_window_seconds", "Seconds the last window's work took", registry=r)
         self.final = Gauge("gauntlet_peer_final_score", "Final score of each peer (validator)", ["hotkey"],
                            registry=r)
@@ -56,7 +58,7 @@ class NodeMetrics:
 
     SCALARS = ("gauntlet_validation_loss", "gauntlet_upload_bytes", "gauntlet_upload_seconds",
                "gauntlet_outer_step_seconds", "gauntlet_state_save_seconds", "gauntlet_state_bytes",
-               "gauntlet_window_seconds", "gauntlet_chain_window")
+               "gauntlet_window_seconds", "gauntlet_chain_window", "gauntlet_bucket_window_bytes")
 
     def finished(self, window: int, seconds: float | None = None) -> None:
         """A window is done: the health check and any sink (Weights & Biases) see it."""

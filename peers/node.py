@@ -43,6 +43,7 @@ class NodeOptions:
     metrics_port: int | None = None  # serve /metrics and /healthz on this port (0: any free port)
     metrics_addr: str = "127.0.0.1"
     wandb_project: str | None = None  # also log window metrics to Weights & Biases
+    retain: int = 3  # windows of this node's own published objects kept in its bucket (peers/retention.py)
 
 
 def default_data_dir() -> Path:
@@ -127,6 +128,15 @@ class Node:
             self.metrics_server = MetricsServer(self.metrics, self.opts.metrics_port, self.opts.metrics_addr)
             log.info("metrics on http://%s:%d/metrics, health on /healthz", self.opts.metrics_addr,
                      self.metrics_server.port)
+
+    def prune(self, newest: int, everything: bool = False) -> None:
+        """Keep the last ``retain`` windows of what this node published (see peers/retention.py)."""
+        from peers.retention import prune
+
+        if newest >= 0:
+            gone = prune(self.store, self.run, self.identity.hotkey, newest, self.opts.retain, everything)
+            if gone:
+                log.debug("pruned %d objects up to window %d", gone, newest - self.opts.retain)
 
     def stop_metrics(self) -> None:
         self.metrics.set_phase("stopped")

@@ -224,9 +224,9 @@ class Peer(Node):
         """Step 4: publish the fingerprint, save the state, log the window (metrics line + one log line)."""
         fp = self.engine.fingerprint()
         sample = self.engine.weight_sample(self.cfg.validator.weight_sample, self.cfg.seed)
+        fingerprint_json = json.dumps({"window": window, "fingerprint": fp, "sample": sample}).encode()
         try:
-            self.store.put(keys.fingerprint(self.run, window, self.identity.hotkey),
-                           json.dumps({"window": window, "fingerprint": fp, "sample": sample}).encode())
+            self.store.put(keys.fingerprint(self.run, window, self.identity.hotkey), fingerprint_json)
         except StorageError as exc:
             log.warning("window %d: could not publish the fingerprint: %s", window, exc)
         val = self.engine.mean_loss(self.val_batches)
@@ -238,6 +238,8 @@ class Peer(Node):
         self.metrics.save_seconds.set(time.monotonic() - started)
         self.metrics.state_bytes.set(state_size(self.opts.run_dir, "state"))
         self.metrics.val_loss.set(val)
+        self.metrics.bucket_window_bytes.set(facts.get("bytes_sent", 0) + len(fingerprint_json))
+        self.prune(window)
         self.metrics.finished(window)
         line = {"window": window, "time": time.time(), "hotkey": self.identity.hotkey, "val_loss": round(val, 5),
                 "fingerprint": fp, "ef_checksum": self.engine.ef_checksum()[:16],
@@ -290,6 +292,7 @@ class Peer(Node):
             self.metrics.finished(state.window)
             line = self._event("resumed", window=state.window)
             log.info("resumed after window %d with error-feedback state %s", state.window, line["ef_checksum"])
+        self.prune(self.window_done, everything=True)  # what piled up while this node was away
         self.wait_for_genesis()
         if self.window_done + 1 + self.CATCH_UP_WINDOWS < self.current_window():
             self.load_checkpoint()

@@ -58,13 +58,15 @@ def run_peer(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
+    from peers.retention import check_retain
+
     def start(cfg, identity, chain, store, card, world) -> int:
         opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
                            allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window,
                            trust_validator=args.trust_validator, export_hf=args.export_hf, declared=declared,
                            export_every=args.export_every, push_to_hub=args.push_to_hub, world=world,
                            metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
-                           wandb_project=args.wandb_project)
+                           wandb_project=args.wandb_project, retain=check_retain(args.retain))
         ranks = (f" on {world.size} rank{'s' if world.size > 1 else ''} ({world.backend}, {world.device.type})"
                  if world else "")
         logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s%s", identity.hotkey, chain.url,

@@ -135,6 +135,7 @@ class Validator(Node):
         return {"window": window + 1, "peers": ranked[:g], "reserves": ranked[g : g + reserves]}
 
     def _publish(self, key: str, data: bytes) -> None:
+        self._published_bytes += len(data)
         try:
             self.store.put(key, data)
         except StorageError as exc:
@@ -145,6 +146,7 @@ class Validator(Node):
     def evaluate_window(self, window: int) -> dict:
         """Everything the validator does for ``window``; call after its upload slot has closed."""
         t0 = time.time()
+        self._published_bytes = 0
         v = self.cfg.validator
         network = self.network()  # read once per window: on Bittensor each read is a round trip
         sources, _, uids = network
@@ -231,6 +233,8 @@ class Validator(Node):
         by_uid = {u: h for h, u in uids.items()}
         self.metrics.peer_scores({h: r.final for h, r in self.book.records.items()},
                                  None if weights is None else {by_uid[u]: w for u, w in weights.items() if u in by_uid})
+        self.metrics.bucket_window_bytes.set(self._published_bytes)
+        self.prune(window)
         self.metrics.finished(window, time.time() - t0)
         log.info("window %d: %d present, %d tested, %d copies, %d aggregated, fingerprint %s", window, len(present),
                  len(tests), len(copies), len(applied), record["fingerprint"][:12])
@@ -282,6 +286,7 @@ class Validator(Node):
         request: SIGTERM / Ctrl-C end the loop at its next wait, between windows)."""
         try:
             self.start()
+            self.prune(self.book.window, everything=True)  # what piled up while this validator was away
             self.metrics.finished(self.book.window)
             self.start_metrics()
             self._loop()

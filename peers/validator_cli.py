@@ -25,11 +25,13 @@ def run_validator(args: argparse.Namespace) -> int:
     from peers.node import NodeOptions, default_data_dir
     from peers.validator import Validator
 
+    from peers.retention import check_retain
+
     def start(cfg, identity, chain, store, card, world) -> int:
         opts = NodeOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
                            allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window, world=world,
                            metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
-                           wandb_project=args.wandb_project)
+                           wandb_project=args.wandb_project, retain=check_retain(args.retain))
         ranks = (f" on {world.size} rank{'s' if world.size > 1 else ''} ({world.backend}, {world.device.type})"
                  if world else "")
         logging.getLogger("gauntlet.validator").info("validator %s on %s, publishing to %s%s", identity.hotkey,

@@ -1,0 +1,57 @@
+"""What a node keeps in its own bucket: the last ``retain`` windows of what it publishes.
+
+Every window a peer writes its message and fingerprint, and a validator its aggregate, the next
+peer list and (every ``checkpoint_every`` windows) a checkpoint. Left alone they fill the bucket
+(the ``150M`` preset's aggregates alone are 340 MB a window). A node keeps the last ``retain``
+windows of them — enough for a peer that was away to replay the windows it missed
+(``Peer.CATCH_UP_WINDOWS``) — and its last ``retain`` checkpoints; the signed window records (a few
+kB each, the audit trail) are never deleted. Each deletion removes one whole object, so a crash
+mid-way leaves nothing half-pruned; what is left is pruned at the next window or start.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gauntlet.errors import ConfigError, StorageError
+from gauntlet.storage import ObjectStore, keys
+
+log = logging.getLogger("gauntlet.retention")
+PRUNED_KINDS = ("message", "fingerprint", "aggregate", "peer_list")
+MIN_RETAIN = 3  # a peer replays up to 2 missed windows from the others' messages and aggregates
+
+
+def check_retain(retain: int) -> int:
+    if retain < MIN_RETAIN:
+        raise ConfigError(f"--retain {retain}: keep at least {MIN_RETAIN} windows, so that peers that missed a "
+                          f"window or two can still replay them from this node's bucket")
+    return retain
+
+
+def expired(parsed: list[tuple[str, keys.ParsedKey]], run: str, hotkey: str, newest: int, retain: int) -> list[str]:
+    """Keys (with their parsed form) that fall out of the last ``retain`` windows ending at ``newest``,
+    and the checkpoints beyond the newest ``retain``. Only this node's own objects of this run."""
+    out = [k for k, p in parsed if p.run == run and p.kind in PRUNED_KINDS and p.window <= newest - retain
+           and (p.hotkey is None or p.hotkey == hotkey)]
+    checkpoints = sorted((p.window, k) for k, p in parsed if p.run == run and p.kind == "checkpoint")
+    return out + [k for _, k in checkpoints[:-retain]] if len(checkpoints) > retain else out
+
+
+def prune(store: ObjectStore, run: str, hotkey: str, newest: int, retain: int, everything: bool = False) -> int:
+    """Delete what :func:`expired` names: the window ``newest − retain`` and the checkpoints (or,
+    with ``everything``, every older window: after a restart). Returns how many objects went;
+    a storage error is logged, never raised (the next window tries again)."""
+    try:
+        if everything:
+            infos = store.list(keys.run_prefix(run))
+        else:
+            infos = store.list(keys.window_prefix(run, newest - retain)) if newest - retain >= 0 else []
+            infos += store.list(keys.run_prefix(run) + "checkpoints/")
+        parsed = [(i.key, p) for i in infos if (p := keys.parse(i.key)) is not None]
+        gone = expired(parsed, run, hotkey, newest, retain)
+        for key in gone:
+            store.delete(key)
+        return len(gone)
+    except StorageError as exc:
+        log.warning("pruning windows up to %d failed (retried next window): %s", newest - retain, exc)
+        return 0

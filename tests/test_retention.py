@@ -1,0 +1,53 @@
+"""A node keeps the last K windows of what it publishes, and its last K checkpoints; records stay."""
+
+import pytest
+
+from gauntlet.errors import ConfigError
+from gauntlet.storage import FileStore, keys
+from peers.retention import check_retain, prune
+
+RUN, ME, OTHER = "run-a", "5Fme", "5Fother"
+
+
+def fill(store, windows):
+    for w in windows:
+        store.put(keys.message(RUN, w, ME), b"m")
+        store.put(keys.fingerprint(RUN, w, ME), b"f")
+        store.put(keys.aggregate(RUN, w), b"a")
+        store.put(keys.peer_list(RUN, w), b"l")
+        store.put(keys.record(RUN, w), b"r")
+        store.put(keys.message(RUN, w, OTHER), b"not mine")  # a shared bucket: never touched
+        store.put(keys.message("run-b", w, ME), b"another run")
+        if w % 2 == 0:
+            store.put(keys.checkpoint(RUN, w), b"c")
+
+
+def kinds_by_window(store):
+    out = {}
+    for info in store.list(""):
+        p = keys.parse(info.key)
+        if p is not None and p.run == RUN and p.hotkey in (None, ME):
+            out.setdefault(p.kind, set()).add(p.window)
+    return out
+
+
+def test_a_restart_prunes_everything_older_and_each_window_then_one_more(tmp_path):
+    store = FileStore(tmp_path)
+    fill(store, range(10))
+    assert prune(store, RUN, ME, newest=9, retain=3, everything=True) == 4 * 7 + 2
+    left = kinds_by_window(store)
+    assert left["message"] == left["fingerprint"] == left["aggregate"] == left["peer_list"] == {7, 8, 9}
+    assert left["record"] == set(range(10))  # the audit trail stays
+    assert left["checkpoint"] == {4, 6, 8}  # the last 3 checkpoints
+    assert len(store.list(keys.run_prefix("run-b"))) == 10
+    assert all(store.head(keys.message(RUN, w, OTHER)) for w in range(10))
+    fill(store, [10])
+    assert prune(store, RUN, ME, newest=10, retain=3) == 5  # window 7's four objects and checkpoint 4
+    left = kinds_by_window(store)
+    assert left["message"] == {8, 9, 10} and left["checkpoint"] == {6, 8, 10}
+
+
+def test_fewer_than_three_windows_cannot_be_retained():
+    assert check_retain(3) == 3
+    with pytest.raises(ConfigError, match="at least 3"):
+        check_retain(2)
