@@ -90,6 +90,15 @@ def test_a_small_disk_fails_with_what_the_node_needs(tmp_path, corpus, capsys):
     assert "0.0 GB free" in checks["disk"]["reason"] and "needs 0.1 GB" in checks["disk"]["reason"]
 
 
+def test_a_missing_device_and_an_unreadable_data_source_fail_with_their_cause(tmp_path, corpus, capsys):
+    _, url = local_chain(tmp_path)
+    code, checks = run(capsys, doctor(tmp_path, corpus, url, f"file://{tmp_path / 'bucket'}", "--set",
+                                      f"data.source={tmp_path / 'nowhere'}", "--set", "model.device=cuda:7"))
+    assert code == 1 and not checks["device"]["ok"] and not checks["data"]["ok"]
+    assert "no CUDA device" in checks["device"]["reason"] or "cuda" in checks["device"]["reason"].lower()
+    assert "nowhere" in checks["data"]["reason"]
+
+
 def test_an_unreachable_chain_is_a_failed_check_not_a_traceback(tmp_path, corpus, capsys):
     code, checks = run(capsys, doctor(tmp_path, corpus, "bittensor://ws://127.0.0.1:9/1",
                                       f"file://{tmp_path / 'bucket'}"))
@@ -121,6 +130,11 @@ def test_on_an_s3_server_that_enforces_keys(tmp_path, corpus, capsys, weed):
                                       "--storage.read-secret-key", weed.WRITER[1]))
     assert code == 1 and not checks["read key"]["ok"]
     assert "can write and delete" in checks["read key"]["reason"]
+    # a write key whose secret is wrong
+    code, checks = run(capsys, doctor(tmp_path, corpus, url, storage, "--storage.access-key", weed.WRITER[0],
+                                      "--storage.secret-key", "wrong-secret", "--storage.read-access-key",
+                                      weed.READER[0], "--storage.read-secret-key", weed.READER[1]))
+    assert code == 1 and not checks["write key"]["ok"] and "may not put" in checks["write key"]["reason"]
     # a bucket that does not exist
     code, checks = run(capsys, doctor(tmp_path, corpus, url, storage.replace(BUCKET, "no-such-bucket"), *write,
                                       "--storage.read-access-key", weed.READER[0],
