@@ -208,7 +208,7 @@ def check_disk(s: Setup, params: int) -> Check:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def check_device(s: Setup) -> Check:
