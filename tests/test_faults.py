@@ -248,10 +248,18 @@ class WallChain:
         return self.genesis + block * self.block_time
 
 
+def node_gauges() -> dict:
+    """What Node.wait_until reports to besides the chain: the metrics and the window length."""
+    from peers.metrics import NodeMetrics
+
+    return {"metrics": NodeMetrics("peer", "5Fx"), "cfg": types.SimpleNamespace(
+        timing=types.SimpleNamespace(blocks_per_window=10))}
+
+
 @pytest.mark.parametrize("jump", [+100.0, -100.0])
 def test_a_local_clock_that_jumps_neither_hurries_nor_delays_the_node(monkeypatch, jump):
     real = time.time
-    node = types.SimpleNamespace(chain=WallChain(real), CHAIN_CHECK_S=0.2, sleep=time.sleep)
+    node = types.SimpleNamespace(chain=WallChain(real), CHAIN_CHECK_S=0.2, sleep=time.sleep, **node_gauges())
     monkeypatch.setattr("peers.node.time.time", lambda: real() + jump)
     when = real() + 0.8
     Node.wait_until(node, when)
@@ -261,7 +269,8 @@ def test_a_local_clock_that_jumps_neither_hurries_nor_delays_the_node(monkeypatc
 
 def test_without_the_chain_the_local_clock_decides(monkeypatch):
     real = time.time
-    node = types.SimpleNamespace(chain=WallChain(real, fail=True), CHAIN_CHECK_S=0.2, sleep=time.sleep)
+    node = types.SimpleNamespace(chain=WallChain(real, fail=True), CHAIN_CHECK_S=0.2, sleep=time.sleep,
+                                 **node_gauges())
     t0 = real()
     Node.wait_until(node, t0 + 0.3)
     assert 0.3 <= real() - t0 < 1.5

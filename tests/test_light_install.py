@@ -87,7 +87,7 @@ def test_the_core_install_asks_for_nothing_else():
     assert any(r.startswith("moto[server]") for r in extras["sim"])
     assert {r.split(">")[0] for r in extras["data"]} == {"pyarrow", "datasets"}
     setup = (ROOT / "scripts" / "setup-venv.sh").read_text()
-    assert '-e ".[node,sim,data,dev]"' in setup  # the README's commands install everything
+    assert '-e ".[node,sim,data,wandb,dev]"' in setup  # the README's commands install everything
 
 
 def test_commands_that_need_an_extra_say_which_one(tmp_path):

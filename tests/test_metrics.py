@@ -58,7 +58,7 @@ def test_metrics_and_health_endpoints_say_whether_the_node_keeps_up():
         assert get(server.port, "/other")[0] == 404
         assert seen[0] == (3, {"validation_loss": 3.25, "upload_bytes": 0.0, "upload_seconds": 0.0,
                                "outer_step_seconds": 0.0, "state_save_seconds": 0.0, "state_bytes": 0.0,
-                               "window_seconds": 12.5, "chain_window": 0.0})
+                               "window_seconds": 12.5, "chain_window": 0.0, "bucket_window_bytes": 0.0})
     finally:
         server.close()
 

@@ -10,6 +10,7 @@ import pytest
 from gauntlet.config import load_config
 from peers.explain import window_line
 from peers.gather import GatherResult
+from peers.metrics import NodeMetrics
 from peers.node import Node, StopRequested
 from peers.peer import Peer
 
@@ -90,7 +91,8 @@ def test_a_stop_request_ends_a_wait_promptly():
     genesis = time.time() - 10.0  # one-second blocks
     chain = types.SimpleNamespace(block=lambda: int(time.time() - genesis), timestamp=lambda b: genesis + b)
     node = types.SimpleNamespace(chain=chain, CHAIN_CHECK_S=30.0, _stop_reason=None,
-                                 engine=types.SimpleNamespace(idle=lambda: None))
+                                 engine=types.SimpleNamespace(idle=lambda: None), metrics=NodeMetrics("peer", "5Fx"),
+                                 cfg=types.SimpleNamespace(timing=types.SimpleNamespace(blocks_per_window=10)))
     node.sleep = lambda s: Node.sleep(node, s)
     threading.Timer(0.3, lambda: setattr(node, "_stop_reason", "SIGTERM received")).start()
     started = time.monotonic()
