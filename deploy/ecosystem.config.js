@@ -4,7 +4,7 @@
 // Secrets come from the environment pm2 is started with (see gauntlet.env.example), not from here.
 const venv = "/opt/gauntlet/.venv/bin/gauntlet";
 const common = ["--subtensor.network", "finney", "--netuid", "3", "--storage", process.env.GAUNTLET_STORAGE,
-  "--data-dir", "/var/lib/gauntlet/data", "--retain", "3"];
+  "--data-dir", "/var/lib/gauntlet/data"];
 
 module.exports = {
   apps: [
@@ -12,7 +12,7 @@ module.exports = {
       name: "gauntlet-peer",
       script: venv,
       args: ["peer", "--wallet.name", "miner", "--wallet.hotkey", "default", "--run-dir", "/var/lib/gauntlet/peer",
-        "--metrics.port", "9100", "--nproc", "8", ...common],
+        "--metrics.port", "9100", "--nproc", "8", "--retain", "3", ...common],
       interpreter: "none",
       kill_timeout: 300000, // ms: SIGTERM lets the node finish its step and save (it saves every window)
       autorestart: true,
@@ -22,7 +22,7 @@ module.exports = {
       name: "gauntlet-validator",
       script: venv,
       args: ["validate", "--wallet.name", "validator", "--wallet.hotkey", "default",
-        "--run-dir", "/var/lib/gauntlet/validator", "--metrics.port", "9101", ...common],
+        "--run-dir", "/var/lib/gauntlet/validator", "--metrics.port", "9101", "--retain", "13", ...common],
       interpreter: "none",
       kill_timeout: 300000,
       autorestart: true,

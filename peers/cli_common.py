@@ -51,9 +51,10 @@ def add_node_arguments(p: argparse.ArgumentParser, role: str) -> dict[str, argpa
     g.add_argument("--data-dir", type=Path, help="prepared datasets cache (default ~/.cache/gauntlet/data)")
     g.add_argument("--until-window", type=int, help="stop after this window (default: run forever)")
     g.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    g.add_argument("--retain", type=int, default=3, metavar="K",
+    g.add_argument("--retain", type=int, default=0, metavar="K",
                    help="keep the last K windows of what this node publishes in its bucket (messages, fingerprints, "
-                        "aggregates, peer lists) and its last K checkpoints; older ones are deleted (at least 3)")
+                        "aggregates, peer lists) and its last K checkpoints, deleting older ones; 0 keeps everything. "
+                        "A peer keeps at least 3, a validator at least validator.checkpoint_every + 3")
     g = groups["monitoring"] = p.add_argument_group("monitoring")
     g.add_argument("--metrics.port", dest="metrics_port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on /metrics and a health check on /healthz (200 while the node "

@@ -49,7 +49,7 @@ class Setup:
     run_dir: Path
     data_dir: Path
     free_bytes: int | None = None  # pretend the disk has this much free (tests, planning)
-    retain: int = 3  # windows of published objects kept (--retain)
+    retain: int = 0  # windows of published objects kept (--retain; 0: all)
 
 
 def guarded(name: str, fn: Callable[[], Check], timeout: float = CHECK_TIMEOUT_S) -> Check:
@@ -193,14 +193,17 @@ def check_disk(s: Setup, params: int) -> Check:
     need = 2 * one  # the state and the one being written beside it
     per_window = window_bytes(params, s.role)
     local_bucket = getattr(s.card, "scheme", None) == "file"
+    kept = s.retain or 100  # --retain 0 keeps everything: plan for 100 windows
     if local_bucket:  # the bucket is on this machine: the retained windows (and checkpoints) live here too
-        need += s.retain * per_window + (s.retain * params * 4 if s.role == "validator" else 0)
+        need += kept * per_window + (kept * params * 4 // max(1, s.cfg.validator.checkpoint_every)
+                                     if s.role == "validator" else 0)
     if s.role == "validator":
         need += int(params * 0.0276 * 256)  # a window's spooled messages (256 peers)
     s.run_dir.mkdir(parents=True, exist_ok=True)
     free = s.free_bytes if s.free_bytes is not None else shutil.disk_usage(s.run_dir).free
     text = (f"{_gb(free)} free in {s.run_dir}; this {s.role} needs {_gb(need)} ({_gb(one)} a state, "
-            f"{_gb(per_window)} published a window, {s.retain} windows kept"
+            f"{_gb(per_window)} published a window, "
+            f"{f'{s.retain} windows kept' if s.retain else 'every window kept (--retain 0; 100 planned)'}"
             f"{' on this disk' if local_bucket else ' in the bucket'})")
     if free < need:
         return Check("disk", False, text, "free space, point --run-dir at a larger disk, or lower --retain")

@@ -43,7 +43,7 @@ class NodeOptions:
     metrics_port: int | None = None  # serve /metrics and /healthz on this port (0: any free port)
     metrics_addr: str = "127.0.0.1"
     wandb_project: str | None = None  # also log window metrics to Weights & Biases
-    retain: int = 3  # windows of this node's own published objects kept in its bucket (peers/retention.py)
+    retain: int = 0  # windows of this node's own published objects kept in its bucket; 0: all (peers/retention.py)
 
 
 def default_data_dir() -> Path:
@@ -133,7 +133,7 @@ class Node:
         """Keep the last ``retain`` windows of what this node published (see peers/retention.py)."""
         from peers.retention import prune
 
-        if newest >= 0:
+        if newest >= 0 and self.opts.retain > 0:
             gone = prune(self.store, self.run, self.identity.hotkey, newest, self.opts.retain, everything)
             if gone:
                 log.debug("pruned %d objects up to window %d", gone, newest - self.opts.retain)

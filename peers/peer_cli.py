@@ -66,7 +66,8 @@ def run_peer(args: argparse.Namespace) -> int:
                            trust_validator=args.trust_validator, export_hf=args.export_hf, declared=declared,
                            export_every=args.export_every, push_to_hub=args.push_to_hub, world=world,
                            metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
-                           wandb_project=args.wandb_project, retain=check_retain(args.retain))
+                           wandb_project=args.wandb_project,
+                           retain=check_retain(args.retain, "peer", cfg.validator.checkpoint_every))
         ranks = (f" on {world.size} rank{'s' if world.size > 1 else ''} ({world.backend}, {world.device.type})"
                  if world else "")
         logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s%s", identity.hotkey, chain.url,

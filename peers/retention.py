@@ -1,12 +1,13 @@
-"""What a node keeps in its own bucket: the last ``retain`` windows of what it publishes.
+"""What a node keeps in its own bucket: with ``--retain K``, the last K windows of what it publishes.
 
 Every window a peer writes its message and fingerprint, and a validator its aggregate, the next
-peer list and (every ``checkpoint_every`` windows) a checkpoint. Left alone they fill the bucket
-(the ``150M`` preset's aggregates alone are 340 MB a window). A node keeps the last ``retain``
-windows of them — enough for a peer that was away to replay the windows it missed
-(``Peer.CATCH_UP_WINDOWS``) — and its last ``retain`` checkpoints; the signed window records (a few
-kB each, the audit trail) are never deleted. Each deletion removes one whole object, so a crash
-mid-way leaves nothing half-pruned; what is left is pruned at the next window or start.
+peer list and (every ``checkpoint_every`` windows) a checkpoint. Left alone (``--retain 0``, the
+default, which a network without validators needs for late joiners) they fill the bucket: the
+``150M`` preset's aggregates alone are 340 MB a window. With ``--retain K`` a node keeps the last K
+windows of them — enough for a peer that was away to replay the windows it missed, or to apply a
+validator's aggregates from its last checkpoint on — and its last K checkpoints; the signed window
+records (a few kB each, the audit trail) are never deleted. Each deletion removes one whole object,
+so a crash mid-way leaves nothing half-pruned; what is left is pruned at the next window or start.
 """
 
 from __future__ import annotations
@@ -21,10 +22,18 @@ PRUNED_KINDS = ("message", "fingerprint", "aggregate", "peer_list")
 MIN_RETAIN = 3  # a peer replays up to 2 missed windows from the others' messages and aggregates
 
 
-def check_retain(retain: int) -> int:
-    if retain < MIN_RETAIN:
-        raise ConfigError(f"--retain {retain}: keep at least {MIN_RETAIN} windows, so that peers that missed a "
-                          f"window or two can still replay them from this node's bucket")
+def check_retain(retain: int, role: str = "peer", checkpoint_every: int = 10) -> int:
+    """0 keeps everything (a network without validators needs the whole history for late joiners).
+    A peer keeps at least 3 windows (others replay up to 2 missed ones from them); a validator at least
+    ``checkpoint_every + 3`` (a late peer loads its latest checkpoint, then applies its aggregates
+    from there)."""
+    least = MIN_RETAIN if role == "peer" else checkpoint_every + MIN_RETAIN
+    if retain != 0 and retain < least:
+        raise ConfigError(f"--retain {retain}: a {role} keeps at least {least} windows (or 0: everything), so that "
+                          f"peers that fell behind can still "
+                          + ("replay the windows they missed from its bucket" if role == "peer" else
+                             "apply its aggregates from its last checkpoint on (validator.checkpoint_every="
+                             f"{checkpoint_every})"))
     return retain
 
 

@@ -31,7 +31,8 @@ def run_validator(args: argparse.Namespace) -> int:
         opts = NodeOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
                            allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window, world=world,
                            metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
-                           wandb_project=args.wandb_project, retain=check_retain(args.retain))
+                           wandb_project=args.wandb_project,
+                           retain=check_retain(args.retain, "validator", cfg.validator.checkpoint_every))
         ranks = (f" on {world.size} rank{'s' if world.size > 1 else ''} ({world.backend}, {world.device.type})"
                  if world else "")
         logging.getLogger("gauntlet.validator").info("validator %s on %s, publishing to %s%s", identity.hotkey,

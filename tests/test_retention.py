@@ -47,7 +47,9 @@ def test_a_restart_prunes_everything_older_and_each_window_then_one_more(tmp_pat
     assert left["message"] == {8, 9, 10} and left["checkpoint"] == {6, 8, 10}
 
 
-def test_fewer_than_three_windows_cannot_be_retained():
-    assert check_retain(3) == 3
-    with pytest.raises(ConfigError, match="at least 3"):
+def test_peers_keep_three_windows_validators_a_checkpoint_interval_more_or_everything():
+    assert check_retain(3) == 3 and check_retain(0) == 0 and check_retain(13, "validator", 10) == 13
+    with pytest.raises(ConfigError, match="a peer keeps at least 3 windows"):
         check_retain(2)
+    with pytest.raises(ConfigError, match="a validator keeps at least 13 windows"):
+        check_retain(5, "validator", 10)
