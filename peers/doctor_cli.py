@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _fail(name: str, exc: Exception, fix: str):
     from peers.doctor import Check
 
-    return Check(name, False, f"{type(exc).__name__}: {exc}" if not str(exc).startswith(name) else str(exc), fix)
+    return Check(name, False, f"{type(exc).__name__}: {exc}", fix)
 
 
 def run_doctor(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ import torch
 from gauntlet.config import SparseLoCoConfig
 from gauntlet.errors import InvalidMessage
 from gauntlet.sparseloco.compress import CompressedTensor
-from gauntlet.sparseloco.wire import Message, MessageHeader, decode_message
+from gauntlet.sparseloco.wire import HeaderFields, Message, MessageHeader, decode_message
 from gauntlet.uniqueness.sampled import ChunkSample, read_sample
 
 
@@ -34,7 +34,7 @@ def data_start(raw) -> int:
 
 
 @dataclass(frozen=True)
-class SpooledMessage:
+class SpooledMessage(HeaderFields):
     """A validated message whose bytes live in ``path``; reads like a :class:`Message`."""
 
     header: MessageHeader
@@ -45,14 +45,6 @@ class SpooledMessage:
     start: int  # data section offset
     spec: Mapping[str, tuple[int, ...]] = field(repr=False)
     codec: SparseLoCoConfig = field(repr=False)
-
-    @property
-    def window(self) -> int:
-        return self.header.window
-
-    @property
-    def hotkey(self) -> str:
-        return self.header.hotkey
 
     @property
     def raw(self) -> bytearray:

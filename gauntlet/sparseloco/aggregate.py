@@ -121,6 +121,11 @@ def _sparse_rows(parts: Sequence[CompressedTensor], scale: torch.Tensor, combine
     c0, c1 = t0 * lay.tiles_c, t1 * lay.tiles_c
     idx = torch.stack([p.idx[c0:c1] for p in parts])
     total = combine_chunks(idx, _chunk_values(parts, c0, c1), scale, combine, lay.chunk_numel)
+    return _rows_of(lay, total, t0, t1, start, stop)
+
+
+def _rows_of(lay, total: torch.Tensor, t0: int, t1: int, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of the 2-D view from the combined chunks of tile-rows [t0, t1)."""
     block = lay.block_from_chunks(total, t0, t1)  # rows of tile-rows [t0, t1)
     first = lay.block_rows(t0, t1)[0]
     return block[start - first: stop - first]
@@ -227,7 +232,5 @@ def aggregate_stream(
     for n in big:
         lay, (start, stop, t0, t1) = layouts[n], spans[n]
         total = sums[n].div_(counts[n].clamp_min_(1)) if combine == "scatter_mean" else sums[n]
-        block = lay.block_from_chunks(total, t0, t1)
-        first = lay.block_rows(t0, t1)[0]
-        out[n] = block[start - first: stop - first].reshape((stop - start, *lay.shape[1:]))
+        out[n] = _rows_of(lay, total, t0, t1, start, stop).reshape((stop - start, *lay.shape[1:]))
     return {n: out[n] for n in names}

@@ -71,14 +71,10 @@ class MessageHeader:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Message:
+class HeaderFields:
+    """``window`` and ``hotkey`` of anything that carries a message ``header``."""
+
     header: MessageHeader
-    tensors: dict[str, CompressedTensor]
-    digest: bytes
-    signature: bytes | None
-    nbytes: int
-    raw: bytearray | None = field(default=None, repr=False, compare=False)  # the bytes (the lookups view them)
 
     @property
     def window(self) -> int:
@@ -87,6 +83,16 @@ class Message:
     @property
     def hotkey(self) -> str:
         return self.header.hotkey
+
+
+@dataclass(frozen=True)
+class Message(HeaderFields):
+    header: MessageHeader
+    tensors: dict[str, CompressedTensor]
+    digest: bytes
+    signature: bytes | None
+    nbytes: int
+    raw: bytearray | None = field(default=None, repr=False, compare=False)  # the bytes (the lookups view them)
 
 
 def codec_params(cfg: SparseLoCoConfig) -> dict[str, Any]:
