@@ -1,6 +1,7 @@
 """`gauntlet doctor` finds each planted set-up mistake, on real servers, and passes a correct set-up."""
 
 import json
+import re
 import time
 
 import pytest
@@ -79,7 +80,8 @@ def test_a_clock_an_hour_off_the_chain_fails(tmp_path, corpus, capsys):
     chain.advance(5)  # block 5 was produced "an hour ago" by this machine's clock
     code, checks = run(capsys, doctor(tmp_path, corpus, url, f"file://{tmp_path / 'bucket'}"))
     assert code == 1 and not checks["clock"]["ok"]
-    assert "+3600 s off block 5" in checks["clock"]["reason"] and "chrony" in checks["clock"]["fix"]
+    # an hour plus however long this busy machine took to get here
+    assert re.search(r"\+36\d\d s off block 5", checks["clock"]["reason"]) and "chrony" in checks["clock"]["fix"]
 
 
 def test_a_small_disk_fails_with_what_the_node_needs(tmp_path, corpus, capsys):

@@ -104,7 +104,8 @@ def test_a_live_peer_and_validator_serve_metrics_that_move(tmp_path, monkeypatch
         hotkey = Identity.from_seed("peer-a").hotkey
         assert sample(val, "gauntlet_peer_final_score", hotkey) is not None
         assert sample(val, "gauntlet_outer_step_seconds") > 0
-        assert get(ports["peer-a"], "/healthz")[0] == 200 and get(ports["val"], "/healthz")[0] == 200
+        for name in names:  # a window can run long on a busy machine: healthy again by the next one
+            nodes.wait_for(lambda n=name: get(ports[n], "/healthz")[0] == 200, f"{name} to report healthy")
         nodes.stop()
     finally:
         nodes.close()

@@ -59,6 +59,8 @@ def test_llmc_shards_npy_shards_and_a_split_without_val_files(tmp_path):
     ("truncated-npy", "truncated"),
     ("dtype-vocab", "cannot hold a vocabulary"),
     ("no-vocab", "set data.vocab_size"),
+    ("npy-2d", "expected a 1-D uint16/uint32 array"),
+    ("llmc-version", "version 7 is not supported"),
 ])
 def test_unusable_shards_raise_a_data_error_naming_the_file(tmp_path, case, match):
     vocab = 70000 if case == "dtype-vocab" else None if case == "no-vocab" else 300
@@ -72,6 +74,12 @@ def test_unusable_shards_raise_a_data_error_naming_the_file(tmp_path, case, matc
         np.save(tmp_path / "train.npy", np.zeros(1000, dtype=np.uint32))
         data = (tmp_path / "train.npy").read_bytes()
         (tmp_path / "train.npy").write_bytes(data[:-100])
+    elif case == "npy-2d":
+        np.save(tmp_path / "train.npy", np.zeros((10, SEQ), dtype=np.uint16))
+    elif case == "llmc-version":
+        header = np.zeros(256, dtype="<i4")
+        header[:3] = [20240520, 7, 100]
+        (tmp_path / "train.bin").write_bytes(header.tobytes() + np.zeros(100, dtype="<u2").tobytes())
     else:
         np.zeros(100 * SEQ, dtype=np.uint16).tofile(tmp_path / "train.bin")
     with pytest.raises(DataError, match=match) as info:
@@ -104,6 +112,12 @@ def test_parquet_and_saved_hugging_face_datasets_prepare_and_train(tmp_path):
         train, val = open_dataset(DataConfig(source=str(source), seq_len=SEQ, val_fraction=0.2), tmp_path / "cache")
         assert train.vocab_size == 256 and len(train) > 50 and len(val) > 0
         assert np.isfinite(train_a_window(train))
+    (tmp_path / "bad.json").write_text(json.dumps([{"text": "fine"}, {"body": "no text here"}]))
+    with pytest.raises(DataError, match=r"bad\.json: item 1 needs a string field 'text'"):
+        open_dataset(DataConfig(source=str(tmp_path / "bad.json"), seq_len=SEQ), tmp_path / "cache")
+    (tmp_path / "broken.json").write_text('[{"text": "cut off')
+    with pytest.raises(DataError, match=r"broken\.json is not valid JSON"):
+        open_dataset(DataConfig(source=str(tmp_path / "broken.json"), seq_len=SEQ), tmp_path / "cache")
     pq.write_table(pa.table({"content": texts}), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"bad\.parquet: parquet file has no 'text' column \(columns: content\)"):
         open_dataset(DataConfig(source=str(tmp_path / "bad.parquet"), seq_len=SEQ), tmp_path / "cache")
