@@ -3,7 +3,7 @@
     python benchmarks/sharded.py [--nproc 1,2,4] [--model 150M]
 
 For each N the script starts itself under ``torchrun --nproc_per_node N`` (gloo on CPU, NCCL on GPU)
-and runs one peer window through :class:`peers.engine.ModelEngine`, exactly as ``gauntlet peer
+and runs one peer window through :class:`peers.node.engine.ModelEngine`, exactly as ``gauntlet peer
 --nproc N`` does: the model sharded by FSDP2, ``--inner-steps`` AdamW steps on random token batches
 (``--batch`` sequences of ``--seq`` tokens, split over the ranks), error feedback and compression
 (rank 0 writes the message), then decoding and applying that message as the aggregate of one peer.
@@ -71,7 +71,7 @@ def worker(args) -> None:
     from gauntlet.models import build_model
     from gauntlet.parallel.world import exit_now, init_world, shutdown
     from gauntlet.sparseloco import encode_message
-    from peers.engine import ModelEngine
+    from peers.node.engine import ModelEngine
 
     cfg = load_config(overrides=[f"model.preset={args.model}", f"inner.steps={args.inner_steps}",
                                  f"train.batch_size={args.batch}", f"data.seq_len={args.seq}", "inner.warmup_steps=1",
@@ -81,7 +81,8 @@ def worker(args) -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model, 256, cfg.data.seq_len, seed=cfg.seed)
     engine = ModelEngine(cfg, model, world, train=True)
-    held = sum(t.numel() * t.element_size() for t in engine.local.values())
+    held = sum(t.numel() * t.element_size() for t in engine.layout.local.values())
+    training = engine.training
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, 256, (args.batch, args.seq), generator=g) for _ in range(args.inner_steps)]
     timings = {}
@@ -89,15 +90,15 @@ def worker(args) -> None:
     reset_peak_rss()  # from here on: what the window itself holds, not building the full model once per rank
     dist.barrier()
     t0 = time.perf_counter()
-    engine.train.__wrapped__(engine, batches)  # every rank calls the operation itself (no driver here)
+    training.train.__wrapped__(training, batches)  # every rank calls the operation itself (no driver here)
     timings["train_s"] = time.perf_counter() - t0
     phase_peak = {"train": peak_rss_mb()}
     reset_peak_rss()
-    opt_bytes = sum(nbytes(v) for s in engine.trainer.optimizer.state.values() for v in s.values()
+    opt_bytes = sum(nbytes(v) for s in training.trainer.optimizer.state.values() for v in s.values()
                     if torch.is_tensor(v) and v.dim())
-    ef_bytes = sum(b.numel() * b.element_size() for b in engine.error_feedback.buffers.values())
+    ef_bytes = sum(b.numel() * b.element_size() for b in training.error_feedback.buffers.values())
     t1 = time.perf_counter()
-    cts = engine.error_feedback.compress(engine.delta)
+    cts = training.error_feedback.compress(training.delta)
     message = encode_message(cts, window=0, run="bench", codec=cfg.sparseloco, hotkey="bench") if world.main else b""
     timings["encode_s"] = time.perf_counter() - t1
     phase_peak["encode"] = peak_rss_mb()
@@ -107,11 +108,11 @@ def worker(args) -> None:
     message = broadcast_bytes(world, message)
     dist.barrier()
     td = time.perf_counter()
-    engine._decode([message])  # parsing and checking the message alone, timed apart (apply decodes again)
+    engine.updates.decode([message])  # parsing and checking the message alone, timed apart (apply decodes again)
     timings["decode_s"] = time.perf_counter() - td
     dist.barrier()
     t2 = time.perf_counter()
-    engine.apply_messages.__wrapped__(engine, [message])
+    engine.updates.apply_messages.__wrapped__(engine.updates, [message])
     timings["decode_apply_s"] = time.perf_counter() - t2
     timings["window_s"] = time.perf_counter() - t0 - timings["decode_s"]
     phase_peak["decode_apply"] = peak_rss_mb()

@@ -17,7 +17,7 @@ when present): two encoder outputs of random Δs, and for every peer one of them
 permuted (a different top-k pattern per peer, as independent peers have), signed by the peer's own
 hotkey. Two copiers are planted (peers 2 and 5 send the messages of peers 0 and 1, re-signed); every
 timed run must name exactly them. ``--loss-test`` (default for ``tiny``/``small``) also times one
-peer's loss test in forward passes (PROTOCOL's design point is about three).
+peer's loss test in forward passes (docs/protocol.md §4: three passes per peer).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def evict(files) -> None:
 
 
 def gather_to_spool(root: Path, files, spec, cfg: SparseLoCoConfig, spool: Path) -> int:
-    """The validator's gather: read, validate completely, spool, keep the header (peers/gather.py)."""
+    """The validator's gather: read, validate completely, spool, keep the header (peers/network/gather.py)."""
     registered = {h for h, _ in files}
     decoding = threading.BoundedSemaphore(2)
     store = FileStore(root, read_only=True)

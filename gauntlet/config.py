@@ -1,6 +1,6 @@
 """One configuration model for every protocol and run parameter.
 
-Defaults are those of ``PROTOCOL.md`` (the reference deployment). A config is loaded from a TOML or
+Defaults are those of docs/protocol.md (the reference deployment's numbers). A config is loaded from a TOML or
 JSON file plus ``section.field=value`` overrides, validated once at the edge, and frozen. Its
 canonical JSON is hashed into every message (:meth:`GauntletConfig.run_hash`) so that nodes of
 different runs, or of one run with different settings, never mix their updates.
@@ -24,7 +24,7 @@ class _Section(BaseModel):
 
 
 class SparseLoCoConfig(_Section):
-    """Compression, error feedback, aggregation and the outer step (PROTOCOL §2.4–2.7, §3)."""
+    """Compression, error feedback, aggregation and the outer step (docs/protocol.md §2.4–2.7, §3)."""
 
     chunk_size: int = Field(64, ge=1, le=256, description="Side of the square tiles of 2-D tensors.")
     topk: int = Field(64, ge=1, description="Values kept per full chunk of chunk_size² values.")
@@ -59,7 +59,7 @@ class SparseLoCoConfig(_Section):
 
 
 class InnerConfig(_Section):
-    """The inner optimiser a peer runs between outer steps (PROTOCOL §2.2)."""
+    """The inner optimiser a peer runs between outer steps (docs/protocol.md §2.2)."""
 
     steps: int = Field(30, ge=1, description="H: inner steps per outer step (window).")
     lr: float = Field(1.3e-4, gt=0.0)
@@ -81,7 +81,7 @@ class DiLoCoConfig(_Section):
 
 
 class DataConfig(_Section):
-    """The training corpus and tokenizer (PROTOCOL §5 assigns samples of it to peers)."""
+    """The training corpus and tokenizer (docs/protocol.md §5 assigns samples of it to peers)."""
 
     source: str = Field("stdlib", description="stdlib (offline default: the Python standard library "
                         "sources), a local file or directory (.txt .md .py .jsonl .json .parquet .arrow, a saved "
@@ -112,7 +112,7 @@ class TrainConfig(_Section):
 
 
 class TimingConfig(_Section):
-    """Windows and the upload slot (PROTOCOL §1)."""
+    """Windows and the upload slot (docs/protocol.md §1)."""
 
     blocks_per_window: int = Field(125, ge=1)
     upload_slot_s: float = Field(70.0, gt=0.0, description="Uploads count when the store's LastModified is "
@@ -123,7 +123,7 @@ class TimingConfig(_Section):
 
 
 class ValidatorConfig(_Section):
-    """Gauntlet scoring, ratings, penalties and weights (PROTOCOL §4)."""
+    """Gauntlet scoring, ratings, penalties and weights (docs/protocol.md §4)."""
 
     sync_max_steps: float = Field(5.0, gt=0, description="x at which the sync score reaches 0.")
     sync_power: float = Field(2.5, gt=0)
@@ -166,7 +166,7 @@ class ValidatorConfig(_Section):
 
 
 class GauntletConfig(_Section):
-    """Every parameter of a run. Sections group the parameters by the part of PROTOCOL.md they serve."""
+    """Every parameter of a run. Sections group the parameters by the part of docs/protocol.md they serve."""
 
     run_name: str = Field("gauntlet-dev", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     seed: int = 0

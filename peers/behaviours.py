@@ -11,6 +11,7 @@ published so far), ``previous_aggregate()`` and ``rng`` (a seeded ``random.Rando
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,8 +163,6 @@ def load_behaviour(spec: str) -> Behaviour:
     module_name, _, class_name = spec.partition(":")
     if not class_name:
         raise ValueError(f"unknown behaviour {spec!r}: use one of {sorted(BUILT_IN)} or module:Class")
-    import importlib
-
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:

@@ -1,4 +1,4 @@
-"""The peer node (PROTOCOL §2–3): train on the assigned data, publish, gather, aggregate, step.
+"""The peer node (docs/protocol.md §2–3): train on the assigned data, publish, gather, aggregate, step.
 
 Timeline of window ``w`` (the chain's clock; ``start(w)`` is the time of block ``w · blocks_per_window``):
 
@@ -30,16 +30,18 @@ import torch
 
 from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
-from gauntlet.errors import ChainError, ConfigError, InvalidMessage, ObjectNotFound, StorageError
+from gauntlet.errors import ChainError, ConfigError, InvalidMessage, StorageError
 from gauntlet.identity import Identity
 from gauntlet.sparseloco import encode_message
 from gauntlet.storage import ObjectStore, keys
 from gauntlet.uniqueness import assigned_indices
 from peers.behaviours import Behaviour, WindowContext
-from peers.explain import window_line
-from peers.gather import GatherResult
-from peers.node import Node, NodeOptions, StopRequested, default_data_dir  # noqa: F401  (re-exported)
-from peers.state import LocalState, parse_state_meta, state_meta, state_size
+from peers.network.explain import window_line
+from peers.network.gather import GatherResult
+from peers.node.base import Node, NodeOptions
+from peers.node.clock import StopRequested
+from peers.node.state_files import LocalState, parse_state_meta, state_meta, state_size
+from peers.ops.export import export_hf, push_to_hub
 
 log = logging.getLogger("gauntlet.peer")
 
@@ -63,58 +65,41 @@ class Peer(Node):
         self.behaviour = behaviour or Behaviour()
         if self.engine.sharded and type(self.behaviour) is not Behaviour:
             raise ConfigError("a peer sharded over several ranks runs the honest behaviour only")
-        self.trainer, self.error_feedback = self.engine.trainer, self.engine.error_feedback
-        n_val = min(len(self.val_set), cfg.train.eval_batches * cfg.train.batch_size)
-        self.val_batches = list(self.val_set.batch(list(range(n_val))).split(cfg.train.batch_size))
-        self.window_done = -1
+        self.training = self.engine.training
+        self.val_batches = self.data.validation_batches(cfg.train.eval_batches)
+        self.window_done = -1  # the last window whose outer step is applied
         self.last_aggregate: dict[str, torch.Tensor] | None = None
-        self._metrics = open(opts.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.train_loss: float | None = None  # of the last window trained
+        self.in_sync = True  # False after a behaviour said it ignores the network this window (an adversary)
+        self.window_log = open(opts.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # one JSON line a window
 
     def assigned_batches(self, window: int, hotkey: str | None = None) -> list[torch.Tensor]:
-        return self.batches(self.assigned(window, hotkey or self.identity.hotkey))
+        return self.data.batches(self.data.assigned(window, hotkey or self.identity.hotkey))
 
     def load_checkpoint(self) -> bool:
-        """Jump to the trusted validator's latest checkpoint if it is ahead of our state."""
-        source = self.validator_store()
+        """Jump to the followed validator's latest checkpoint if it is ahead of our state."""
+        source = self.feed.source()
         if source is None:
             return False
-        try:
-            found = [keys.parse(o.key) for o in source[1].list(keys.run_prefix(self.run) + "checkpoints/")]
-        except StorageError as exc:
-            log.warning("cannot list checkpoints of validator %s: %s", source[0], exc)
-            return False
-        windows = sorted(p.window for p in found if p is not None and p.kind == "checkpoint")
-        for window in reversed([w for w in windows if w > self.window_done]):
+        for window in reversed([w for w in self.feed.checkpoints(source) if w > self.window_done]):
             try:
-                _, tensors = self.artefact(source, "checkpoint", keys.checkpoint(self.run, window), window)
+                _, tensors = self.feed.artefact(source, "checkpoint", keys.checkpoint(self.run, window), window)
             except (StorageError, InvalidMessage) as exc:
                 log.warning("skipping checkpoint of window %d: %s", window, exc)
                 continue
-            self.engine.load_full(tensors)
+            self.engine.updates.load_full(tensors)
             self.window_done = window
             self._event("checkpoint", window=window, validator=source[0])
             log.info("loaded validator %s's checkpoint of window %d", source[0][:12], window)
             return True
         return False
 
-    def published_aggregate(self, window: int) -> dict[str, torch.Tensor] | None:
-        source = self.validator_store()
-        if source is None:
-            return None
-        try:
-            return self.artefact(source, "aggregate", keys.aggregate(self.run, window), window)[1]
-        except ObjectNotFound:
-            return None
-        except (StorageError, InvalidMessage) as exc:
-            log.warning("window %d: unusable aggregate from validator %s: %s", window, source[0][:12], exc)
-            return None
-
     # ------------------------------------------------------------------------------ one window
 
     def _train(self, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Inner steps from the current weights; returns Δ = θ₀ − θ (this rank's rows when sharded)
         and restores θ₀."""
-        delta, self._train_loss = self.engine.train(list(batches))
+        delta, self.train_loss = self.training.train(list(batches))
         return delta
 
     def context(self, window: int) -> WindowContext:
@@ -127,10 +112,10 @@ class Peer(Node):
                               "big")
         return WindowContext(window=window, hotkey=self.identity.hotkey, model=self.model, train=self._train,
                              assigned_batches=lambda: self.assigned_batches(window),
-                             random_batches=lambda n: self.random_batches(window, n),
-                             unassigned_batches=lambda n: self.batches(
+                             random_batches=lambda n: self.data.random_batches(window, n),
+                             unassigned_batches=lambda n: self.data.batches(
                                  assigned_indices(seed, "own-choice", window, n * self.cfg.train.batch_size,
-                                                  len(self.train_set))),
+                                                  len(self.data.train_set))),
                              peer_updates=peer_updates,
                              previous_aggregate=lambda: self.last_aggregate, rng=random.Random(seed))
 
@@ -138,17 +123,17 @@ class Peer(Node):
         """Step 1: the behaviour's Δ for the window, compressed, signed (and maybe tampered with)."""
         started = time.monotonic()
         self.metrics.set_phase("training")
-        self._train_loss = None
+        self.train_loss = None
         ctx = self.context(window)
         delta = self.behaviour.pseudo_gradient(ctx)
         data = None
         if delta is not None:
-            cts = self.engine.compress(None if delta is self.engine.delta else delta)
+            cts = self.training.compress(None if delta is self.training.delta else delta)
             data = encode_message(cts, window=window, run=self.run_hash, codec=self.cfg.sparseloco,
                                   signer=self.identity, extra={"declared": self.opts.declared or {}})
             data = self.behaviour.tamper(ctx, data)
-        self._in_sync = self.behaviour.keeps_in_sync(ctx)
-        return data, {"train_loss": self._train_loss, "bytes_sent": len(data) if data else 0,
+        self.in_sync = self.behaviour.keeps_in_sync(ctx)
+        return data, {"train_loss": self.train_loss, "bytes_sent": len(data) if data else 0,
                       "train_s": round(time.monotonic() - started, 3)}
 
     def upload(self, window: int, data: bytes | None) -> bool:
@@ -170,10 +155,10 @@ class Peer(Node):
     def apply(self, window: int, prefer_published: bool = False) -> GatherResult:
         """Step 3 (after the slot): gather, aggregate, outer step. A peer catching up applies the
         validator's published aggregate when there is one instead of gathering every message."""
-        if not getattr(self, "_in_sync", True):  # a behaviour that ignores the network (an adversary)
-            self._in_sync = True
+        if not self.in_sync:  # a behaviour that ignores the network (an adversary)
+            self.in_sync = True
             return GatherResult(window)
-        if prefer_published and (agg := self.published_aggregate(window)) is not None:
+        if prefer_published and (agg := self.feed.aggregate(window)) is not None:
             self._step(agg)
             return GatherResult(window)
         result = self.gather_retrying(window)
@@ -193,76 +178,90 @@ class Peer(Node):
         if ordered:
             self.metrics.set_phase("applying")
             started = time.monotonic()
-            self.last_aggregate = self.engine.apply([m for _, m in ordered])
+            self.last_aggregate = self.engine.updates.apply([m for _, m in ordered])
             self.metrics.outer_seconds.set(time.monotonic() - started)
         return result
 
     def _step(self, agg: dict[str, torch.Tensor]) -> None:
         """The outer step with a whole aggregate (the validator's), remembered as the last applied."""
-        self.engine.apply_full(agg)
+        self.engine.updates.apply_full(agg)
         self.last_aggregate = agg
 
     def _train_and_upload(self, window: int) -> dict:
-        boundary, t = self.window_start(window + 1), self.cfg.timing
+        boundary, t = self.clock.window_start(window + 1), self.cfg.timing
         if self.behaviour.waits_for_others:  # copiers: look at the others' uploads mid-slot
-            self.wait_until(boundary + t.upload_slot_s / 2)
+            self.clock.wait_until(boundary + t.upload_slot_s / 2)
             data, facts = self.make_message(window)
         else:
             data, facts = self.make_message(window)
             # a delay beyond the slot means "just after it closes"
-            self.wait_until(boundary + min(self.behaviour.upload_delay_s, t.upload_slot_s + t.slot_grace_s + 1))
+            self.clock.wait_until(boundary + min(self.behaviour.upload_delay_s, t.upload_slot_s + t.slot_grace_s + 1))
         return {"uploaded": self.upload(window, data), **facts}
 
     def _await_published(self, window: int) -> dict[str, torch.Tensor] | None:
         """The validator's aggregate for ``window``, waiting up to ``timing.gather_timeout_s`` for it."""
         deadline = time.monotonic() + self.cfg.timing.gather_timeout_s
-        while (agg := self.published_aggregate(window)) is None and time.monotonic() < deadline:
-            self.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        while (agg := self.feed.aggregate(window)) is None and time.monotonic() < deadline:
+            self.clock.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         return agg
 
     def finish(self, window: int, result: GatherResult, facts: dict, follows_network: bool = True) -> None:
         """Step 4: publish the fingerprint, save the state, log the window (metrics line + one log line)."""
-        fp = self.engine.fingerprint()
-        sample = self.engine.weight_sample(self.cfg.validator.weight_sample, self.cfg.seed)
-        fingerprint_json = json.dumps({"window": window, "fingerprint": fp, "sample": sample}).encode()
-        try:
-            self.store.put(keys.fingerprint(self.run, window, self.identity.hotkey), fingerprint_json)
-        except StorageError as exc:
-            log.warning("window %d: could not publish the fingerprint: %s", window, exc)
-        val = self.engine.mean_loss(self.val_batches)
+        fingerprint, published = self._publish_fingerprint(window)
+        val = self.engine.measure.mean_loss(self.val_batches)
         self.window_done = window
-        self.metrics.set_phase("saving")
-        started = time.monotonic()
-        self.engine.save_state(str(self.opts.run_dir), "state", window,
-                               state_meta(LocalState(window, self.trainer.step, self.run)), self.opts.durable)
-        self.metrics.save_seconds.set(time.monotonic() - started)
-        self.metrics.state_bytes.set(state_size(self.opts.run_dir, "state"))
+        self._save(window)
         self.metrics.val_loss.set(val)
-        self.metrics.bucket_window_bytes.set(facts.get("bytes_sent", 0) + len(fingerprint_json))
+        self.metrics.bucket_window_bytes.set(facts.get("bytes_sent", 0) + published)
         self.prune(window)
         self.metrics.finished(window)
-        line = {"window": window, "time": time.time(), "hotkey": self.identity.hotkey, "val_loss": round(val, 5),
-                "fingerprint": fp, "ef_checksum": self.engine.ef_checksum()[:16],
-                "gathered": sorted(result.messages), "missing": result.missing,
-                "outside_slot": sorted(result.outside_slot), "invalid": result.invalid, "failed": result.failed,
-                "used_published_aggregate": result.used_published,
-                **facts}
-        self._metrics.write(json.dumps(line) + "\n")
-        self._metrics.flush()
-        what = window_line(result, hotkey=self.identity.hotkey, trained=facts.get("trained", True),
-                           uploaded=facts.get("uploaded", False), follows_network=follows_network,
-                           slot_opened=self.slot(window)[0] + self.cfg.timing.slot_grace_s)
-        log.info("window %d: %s; val loss %.4f, fingerprint %s", window, what, val, fp[:12])
+        self._log_window(window, result, facts, val, fingerprint, follows_network)
         every = self.opts.export_every
         if self.opts.export_hf and (window == self.opts.stop_after_window or (every and (window + 1) % every == 0)):
             self.export(window)
 
+    def _publish_fingerprint(self, window: int) -> tuple[str, int]:
+        """Put the weights' fingerprint and weight sample in this peer's bucket (validators read the
+        sample to judge sync); returns the fingerprint and the bytes written."""
+        fingerprint = self.engine.measure.fingerprint()
+        sample = self.engine.measure.weight_sample(self.cfg.validator.weight_sample, self.cfg.seed)
+        data = json.dumps({"window": window, "fingerprint": fingerprint, "sample": sample}).encode()
+        try:
+            self.store.put(keys.fingerprint(self.run, window, self.identity.hotkey), data)
+        except StorageError as exc:
+            log.warning("window %d: could not publish the fingerprint: %s", window, exc)
+        return fingerprint, len(data)
+
+    def _save(self, window: int) -> None:
+        self.metrics.set_phase("saving")
+        started = time.monotonic()
+        meta = state_meta(LocalState(window, self.training.trainer.step, self.run))
+        self.engine.state.save(str(self.opts.run_dir), "state", window, meta, self.opts.durable)
+        self.metrics.save_seconds.set(time.monotonic() - started)
+        self.metrics.state_bytes.set(state_size(self.opts.run_dir, "state"))
+
+    def _log_window(self, window: int, result: GatherResult, facts: dict, val: float, fingerprint: str,
+                    follows_network: bool) -> None:
+        """One line in metrics.jsonl with every fact of the window, and one log line that explains it."""
+        self._write_line({"window": window, "time": time.time(), "hotkey": self.identity.hotkey,
+                          "val_loss": round(val, 5), "fingerprint": fingerprint,
+                          "ef_checksum": self.engine.measure.ef_checksum()[:16], "gathered": sorted(result.messages),
+                          "missing": result.missing, "outside_slot": sorted(result.outside_slot),
+                          "invalid": result.invalid, "failed": result.failed,
+                          "used_published_aggregate": result.used_published, **facts})
+        what = window_line(result, hotkey=self.identity.hotkey, trained=facts.get("trained", True),
+                           uploaded=facts.get("uploaded", False), follows_network=follows_network,
+                           slot_opened=self.clock.slot(window)[0] + self.cfg.timing.slot_grace_s)
+        log.info("window %d: %s; val loss %.4f, fingerprint %s", window, what, val, fingerprint[:12])
+
+    def _write_line(self, line: dict) -> None:
+        self.window_log.write(json.dumps(line) + "\n")
+        self.window_log.flush()
+
     def export(self, window: int) -> None:
         """Write the Hugging Face export (and push it when configured); failures never stop the peer."""
-        from peers.export import export_hf, push_to_hub
-
         try:
-            out = export_hf(self.engine.whole_model(self.train_set.vocab_size), self.opts.export_hf, run=self.run,
+            out = export_hf(self.engine.state.whole_model(self.data.train_set.vocab_size), self.opts.export_hf, run=self.run,
                             window=window, tokenizer_spec=self.cfg.data.tokenizer)
             log.info("exported the model after window %d to %s", window, out)
             if self.opts.push_to_hub:
@@ -273,10 +272,9 @@ class Peer(Node):
     # ------------------------------------------------------------------------------- lifecycle
 
     def _event(self, event: str, **fields) -> dict:
-        line = {"event": event, "time": time.time(), "ef_checksum": self.engine.ef_checksum()[:16],
-                "fingerprint": self.engine.fingerprint(), **fields}
-        self._metrics.write(json.dumps(line) + "\n")
-        self._metrics.flush()
+        line = {"event": event, "time": time.time(), "ef_checksum": self.engine.measure.ef_checksum()[:16],
+                "fingerprint": self.engine.measure.fingerprint(), **fields}
+        self._write_line(line)
         return line
 
     def start(self) -> None:
@@ -284,17 +282,17 @@ class Peer(Node):
         ``CATCH_UP_WINDOWS`` windows behind — jump to the validator's newest checkpoint. Closer to the
         chain the peer replays the missed windows instead, which keeps its weights, optimiser and
         error feedback one consistent history."""
-        self.publish_card()
-        state = parse_state_meta(self.engine.load_state(str(self.opts.run_dir), "state", self.run),
+        self.directory.publish_card(self.opts.card)
+        state = parse_state_meta(self.engine.state.load(str(self.opts.run_dir), "state", self.run),
                                  self.opts.run_dir, self.run)
         if state is not None:
-            self.window_done, self.trainer.step = state.window, state.inner_step
+            self.window_done, self.training.trainer.step = state.window, state.inner_step
             self.metrics.finished(state.window)
             line = self._event("resumed", window=state.window)
             log.info("resumed after window %d with error-feedback state %s", state.window, line["ef_checksum"])
         self.prune(self.window_done, everything=True)  # what piled up while this node was away
-        self.wait_for_genesis()
-        if self.window_done + 1 + self.CATCH_UP_WINDOWS < self.current_window():
+        self.clock.wait_for_genesis()
+        if self.window_done + 1 + self.CATCH_UP_WINDOWS < self.clock.current_window():
             self.load_checkpoint()
 
     def run_forever(self) -> None:
@@ -310,7 +308,7 @@ class Peer(Node):
             log.info("stopping (%s); the state of window %d is saved", stop, self.window_done)
         finally:
             self.stop_metrics()
-            self._metrics.close()
+            self.window_log.close()
             self.engine.stop()
 
     def _loop(self) -> None:
@@ -318,33 +316,39 @@ class Peer(Node):
         stop, fit_checked = self.opts.stop_after_window, False
         while stop is None or nxt <= stop:
             try:
-                current = self.current_window()
+                current = self.clock.current_window()
                 if nxt > current:
-                    self.wait_until(self.window_start(nxt))
+                    self.clock.wait_until(self.clock.window_start(nxt))
                     continue
                 if nxt == current and (trained is None or trained[0] != nxt):
                     trained = (nxt, self._train_and_upload(nxt))
-                self.wait_until(self.slot(nxt)[1])
+                self.clock.wait_until(self.clock.slot(nxt)[1])
                 did_train = trained is not None and trained[0] == nxt
-                started, follows = time.monotonic(), getattr(self, "_in_sync", True)
-                result = self.apply(nxt, prefer_published=not did_train)
-                facts = {"trained": True, **trained[1]} if did_train else {"trained": False}
-                facts["apply_s"] = round(time.monotonic() - started, 3)  # gather, aggregate, outer step
-                self.finish(nxt, result, facts, follows_network=follows)
+                apply_s = self._apply_and_finish(nxt, trained[1] if did_train else None)
                 if did_train and not fit_checked:
                     fit_checked = True
-                    self._check_fit(nxt, trained[1]["train_s"], time.monotonic() - started)
+                    self._check_fit(nxt, trained[1]["train_s"], apply_s)
                 nxt += 1
             except (ChainError, StorageError) as exc:
                 log.warning("window %d: %s; retrying in %.0f s", nxt, exc, self.RETRY_S)
-                self.sleep(self.RETRY_S)
+                self.clock.sleep(self.RETRY_S)
+
+    def _apply_and_finish(self, window: int, trained: dict | None) -> float:
+        """Steps 3 and 4 of ``window`` (``trained``: the facts of its training, None when it was not
+        trained here); returns the seconds they took."""
+        started, follows = time.monotonic(), self.in_sync
+        result = self.apply(window, prefer_published=trained is None)
+        facts = {"trained": True, **trained} if trained is not None else {"trained": False}
+        facts["apply_s"] = round(time.monotonic() - started, 3)  # gather, aggregate, outer step
+        self.finish(window, result, facts, follows_network=follows)
+        return time.monotonic() - started
 
     def _check_fit(self, window: int, train_s: float, apply_s: float) -> None:
         """After the first trained window: can training and applying a window fit between the close of
         the previous window's upload slot and the next boundary? If not, say so, with the window
         length that would (the peer still works: it applies the windows it cannot train)."""
         t = self.cfg.timing
-        window_s = self.window_start(window + 1) - self.window_start(window)
+        window_s = self.clock.window_start(window + 1) - self.clock.window_start(window)
         need = t.upload_slot_s + t.slot_grace_s + apply_s + train_s
         if not math.isfinite(window_s) or window_s <= 0 or need <= 0.8 * window_s:
             return

@@ -13,7 +13,7 @@ from gauntlet.errors import InvalidMessage, SignatureError
 from gauntlet.identity import Identity
 from gauntlet.models import build_model
 from gauntlet.storage import BucketCard, FileStore, keys
-from peers.artefacts import decode_artefact, encode_artefact
+from peers.network.artefacts import decode_artefact, encode_artefact
 from peers.peer import Peer, PeerOptions
 
 VALIDATOR, PEER, STRANGER = (Identity.from_seed(s) for s in ("validator", "peer", "stranger"))
@@ -111,7 +111,7 @@ def test_artefacts_are_rejected_unless_trusted_intact_and_shaped_like_the_model(
 def test_hugging_face_export_loads_with_from_pretrained(tmp_path, cfg_and_data):
     from transformers import AutoModelForCausalLM
 
-    from peers.export import export_hf
+    from peers.ops.export import export_hf
 
     cfg, _ = cfg_and_data
     model = build_model(cfg.model, 256, 64, seed=3)
@@ -122,7 +122,7 @@ def test_hugging_face_export_loads_with_from_pretrained(tmp_path, cfg_and_data):
 
 
 def test_hub_push_retries_transient_failures_then_gives_up(tmp_path):
-    from peers.export import push_to_hub
+    from peers.ops.export import push_to_hub
 
     calls = []
 
@@ -142,7 +142,7 @@ def test_hub_push_retries_transient_failures_then_gives_up(tmp_path):
 
 
 def test_peer_lists_are_signed_and_select_top_g_with_reserves():
-    from peers.peer_list import decode_peer_list, encode_peer_list, select
+    from peers.network.peer_list import decode_peer_list, encode_peer_list, select
 
     data = encode_peer_list(7, ["p1", "p2", "p3"], ["r1", "r2"], run="r", signer=VALIDATOR)
     listed = decode_peer_list(data, run="r", window=7, trusted={VALIDATOR.hotkey})
@@ -166,7 +166,7 @@ def test_peer_lists_are_signed_and_select_top_g_with_reserves():
 def test_a_peer_aggregates_only_the_validators_list_filling_gaps_from_reserves(tmp_path, cfg_and_data):
     from gauntlet.config import load_config as load
     from gauntlet.sparseloco import ErrorFeedback, encode_message
-    from peers.peer_list import encode_peer_list
+    from peers.network.peer_list import encode_peer_list
 
     _, data = cfg_and_data
     cfg = load(overrides=["data.seq_len=64", "data.max_tokens=300000", "timing.blocks_per_window=10",
@@ -200,11 +200,11 @@ def test_a_peer_aggregates_only_the_validators_list_filling_gaps_from_reserves(t
     assert set(me.gather(0).messages) == {peers["p2"].hotkey}  # unlisted p1 is left out
     vstore.put(keys.peer_list(cfg.run_name, 0), encode_peer_list(0, [], [], run=me.run_hash, signer=VALIDATOR))
     assert set(me.gather(0).messages) == {peers["p1"].hotkey, peers["p2"].hotkey}  # an empty list names nobody
-    written[0] = me.list_deadline(0) + 0.5  # a list stored after the boundary of window 0's uploads: too late
+    written[0] = me.clock.list_deadline(0) + 0.5  # a list stored after the boundary of window 0's uploads: too late
     vstore.put(keys.peer_list(cfg.run_name, 0), encode_peer_list(
         0, [peers["p2"].hotkey], [], run=me.run_hash, signer=VALIDATOR))
     assert set(me.gather(0).messages) == {peers["p1"].hotkey, peers["p2"].hotkey}  # ignored: everyone counts
-    written[0] = me.list_deadline(0)  # exactly at the deadline still counts
+    written[0] = me.clock.list_deadline(0)  # exactly at the deadline still counts
     vstore.put(keys.peer_list(cfg.run_name, 0), encode_peer_list(
         0, [peers["p2"].hotkey], [], run=me.run_hash, signer=VALIDATOR))
     assert set(me.gather(0).messages) == {peers["p2"].hotkey}

@@ -18,7 +18,7 @@ from gauntlet.uniqueness.sampled import (
     read_sample,
     sample_seed,
 )
-from peers.spool import data_start
+from peers.network.spool import data_start
 
 # 12-bit and 16-bit indices, uneven tiles, a sparse 1-D tensor and a dense one
 SHAPES = {"a.weight": (200, 300), "b.weight": (4096, 17), "c.weight": (5000,), "d.bias": (30,),

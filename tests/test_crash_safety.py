@@ -15,7 +15,7 @@ from gauntlet.config import load_config
 from gauntlet.data import prepare
 from gauntlet.sparseloco import fingerprint
 from peers.behaviours import Behaviour, Noise
-from peers.lockstep import build, run
+from peers.sim.lockstep import build, run
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ import sys
 import time
 from gauntlet.config import load_config
 from peers.behaviours import Behaviour, Noise
-from peers.lockstep import build, run_window
+from peers.sim.lockstep import build, run_window
 cfg = load_config(overrides=sys.argv[3:])  # argv[0] is '-c'
 peers = {"honest-0": Behaviour(), "honest-1": Behaviour(), "honest-2": Behaviour(), "noise": Noise()}
 net = build(sys.argv[1], cfg, peers, sys.argv[2])
@@ -61,7 +61,7 @@ def test_a_lockstep_network_killed_at_random_points_ends_exactly_as_an_uninterru
     run(straight, WINDOWS)
     expected_weights = straight.chain.weights()
     expected_book = straight.validator.book.records
-    expected_fp = fingerprint(straight.validator.params)
+    expected_fp = fingerprint(dict(straight.validator.model.named_parameters()))
 
     rng = random.Random(1234)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -95,10 +95,10 @@ def test_a_lockstep_network_killed_at_random_points_ends_exactly_as_an_uninterru
     assert resumed.window == WINDOWS
     assert resumed.chain.weights() == expected_weights
     assert resumed.validator.book.records == expected_book
-    assert fingerprint(resumed.validator.params) == expected_fp
+    assert fingerprint(dict(resumed.validator.model.named_parameters())) == expected_fp
     for name in ("honest-0", "honest-1", "honest-2"):
         assert last_fingerprint(tmp_path / "crashed" / "peers" / name / "state") == (WINDOWS - 1, expected_fp)
-        assert fingerprint(resumed.peers[name].params) == expected_fp
+        assert fingerprint(dict(resumed.peers[name].model.named_parameters())) == expected_fp
 
 
 # ------------------------------------------------------------------------------------------- live
@@ -114,8 +114,8 @@ def test_live_peer_and_validator_killed_repeatedly_resume_and_stay_in_sync(tmp_p
     from gauntlet.identity import Identity
     from gauntlet.storage import FileStore, keys
     from live_nodes import Nodes, last_window, metrics, pending_chain, validator_records, windows
-    from peers.records import verify_chain
-    from peers.state import read_state_file
+    from peers.network.records import verify_chain
+    from peers.node.state_files import read_state_file
 
     data_dir = tmp_path / "data"
     prepare(load_config(overrides=LIVE).data, data_dir)

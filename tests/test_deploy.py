@@ -44,7 +44,7 @@ def test_the_pm2_ecosystem_runs_real_subcommands_with_real_flags():
 
 
 def test_operations_guide_names_every_metric_the_nodes_serve():
-    from peers.metrics import NodeMetrics
+    from peers.ops.metrics import NodeMetrics
 
     guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
     names = {m.name for m in NodeMetrics("peer", "x").registry.collect()}

@@ -6,7 +6,7 @@ from gauntlet.chain.local import LocalChain
 from gauntlet.errors import InvalidMessage, ObjectNotFound, SignatureError
 from gauntlet.identity import Identity
 from gauntlet.storage import BucketCard, FileStore, keys, store_from_card
-from peers.exchange import fetch_message, publish_message
+from peers.network.exchange import fetch_message
 from wire_helpers import SHAPES, message
 
 RUN = "run-a"
@@ -33,7 +33,7 @@ def fetch(chain, hotkey, window, cfg, max_bytes=1 << 20):
 
 def test_a_published_message_is_fetched_through_the_chain_card(net, cfg):
     chain, stores = net
-    publish_message(stores[ALICE.hotkey], RUN, 5, ALICE.hotkey, message(cfg, ALICE, window=5, run=RUN))
+    stores[ALICE.hotkey].put(keys.message(RUN, 5, ALICE.hotkey), message(cfg, ALICE, window=5, run=RUN))
     msg = fetch(chain, ALICE.hotkey, 5, cfg)
     assert msg.hotkey == ALICE.hotkey and msg.window == 5
 
@@ -42,7 +42,7 @@ def test_a_tampered_message_is_rejected(net, cfg):
     chain, stores = net
     data = bytearray(message(cfg, ALICE, window=5, run=RUN))
     data[-10] ^= 0xFF
-    publish_message(stores[ALICE.hotkey], RUN, 5, ALICE.hotkey, bytes(data))
+    stores[ALICE.hotkey].put(keys.message(RUN, 5, ALICE.hotkey), bytes(data))
     with pytest.raises(InvalidMessage, match="sha256"):
         fetch(chain, ALICE.hotkey, 5, cfg)
 
@@ -50,7 +50,7 @@ def test_a_tampered_message_is_rejected(net, cfg):
 def test_a_replayed_message_from_another_window_is_rejected(net, cfg):
     chain, stores = net
     old = message(cfg, ALICE, window=4, run=RUN)
-    publish_message(stores[ALICE.hotkey], RUN, 5, ALICE.hotkey, old)  # re-uploaded as window 5
+    stores[ALICE.hotkey].put(keys.message(RUN, 5, ALICE.hotkey), old)  # re-uploaded as window 5
     with pytest.raises(InvalidMessage, match="window 4, expected 5"):
         fetch(chain, ALICE.hotkey, 5, cfg)
 
@@ -58,7 +58,7 @@ def test_a_replayed_message_from_another_window_is_rejected(net, cfg):
 def test_a_message_copied_into_another_peers_bucket_is_rejected(net, cfg):
     chain, stores = net
     stolen = message(cfg, ALICE, window=5, run=RUN)
-    publish_message(stores[BOB.hotkey], RUN, 5, BOB.hotkey, stolen)  # Bob passes off Alice's work
+    stores[BOB.hotkey].put(keys.message(RUN, 5, BOB.hotkey), stolen)  # Bob passes off Alice's work
     with pytest.raises(InvalidMessage, match="another hotkey"):
         fetch(chain, BOB.hotkey, 5, cfg)
 
@@ -68,7 +68,7 @@ def test_a_forged_signature_is_rejected(net, cfg):
     from wire_helpers import edit_gauntlet_header
 
     forged = edit_gauntlet_header(message(cfg, MALLORY, window=5, run=RUN), lambda h: h.update(hotkey=BOB.hotkey))
-    publish_message(stores[BOB.hotkey], RUN, 5, BOB.hotkey, forged)
+    stores[BOB.hotkey].put(keys.message(RUN, 5, BOB.hotkey), forged)
     with pytest.raises(SignatureError):
         fetch(chain, BOB.hotkey, 5, cfg)
 
@@ -79,7 +79,7 @@ def test_unregistered_senders_oversized_and_missing_uploads(net, cfg, tmp_path):
     with pytest.raises(InvalidMessage, match="not registered"):
         fetch_message(FileStore(tmp_path / "m"), run=RUN, window=5, hotkey=MALLORY.hotkey, registered=registered,
                       spec=SHAPES, codec=cfg, max_bytes=1 << 20)
-    publish_message(stores[ALICE.hotkey], RUN, 5, ALICE.hotkey, message(cfg, ALICE, window=5, run=RUN))
+    stores[ALICE.hotkey].put(keys.message(RUN, 5, ALICE.hotkey), message(cfg, ALICE, window=5, run=RUN))
     with pytest.raises(InvalidMessage, match="too large"):
         fetch(chain, ALICE.hotkey, 5, cfg, max_bytes=100)
     with pytest.raises(ObjectNotFound):  # published nothing: not an invalid message

@@ -15,9 +15,9 @@ from gauntlet.identity import Identity
 from gauntlet.sparseloco import fingerprint
 from gauntlet.storage.s3_store import S3Store
 from peers.behaviours import Behaviour
-from peers.gather import gather
-from peers.lockstep import build, node_identity, run, run_window
-from peers.node import Node
+from peers.network.gather import gather
+from peers.sim.lockstep import build, node_identity, run, run_window
+from peers.node.clock import WindowClock
 from peers.validator import Validator
 from wire_helpers import SHAPES, message
 
@@ -116,9 +116,10 @@ class Unreadable:
 def break_view(node, hotkey, **kw):
     """Make ``node``'s reads of ``hotkey``'s bucket fail."""
     card = node.chain.commitments()[hotkey].data
-    node.network()  # fill the cache of stores
-    node._sources[card] = Unreadable(node._sources[card], **kw)
-    return node._sources[card]
+    sources = node.directory.sources
+    node.directory.view()  # fill the cache of stores
+    sources[card] = Unreadable(sources[card], **kw)
+    return sources[card]
 
 
 def honest(n):
@@ -165,7 +166,8 @@ def test_a_peer_that_cannot_read_a_message_applies_the_validators_aggregate_and_
     line = json.loads((tmp_path / "net/peers/honest-0/state/metrics.jsonl").read_text().splitlines()[-1])
     assert line["window"] == 2 and line["used_published_aggregate"]
     assert node_identity(cfg.seed, "honest-2").hotkey in line["failed"]
-    assert fingerprint(peer.params) == record["fingerprint"] == fingerprint(net.validator.params)
+    weights = dict(peer.model.named_parameters())
+    assert fingerprint(weights) == record["fingerprint"] == fingerprint(dict(net.validator.model.named_parameters()))
 
 
 # ------------------------------------------------------------------------------------------ chain
@@ -202,8 +204,8 @@ def test_a_window_the_chain_fails_is_evaluated_again_and_a_slow_chain_changes_no
     run(straight, 3)
     flaky = build(tmp_path / "b", cfg, honest(3), data_dir)
     run(flaky, 2)
-    chain = flaky.validator.chain
-    flaky.validator.chain = FlakyChain(chain, failures=1, delay=0.2)
+    v, chain = flaky.validator, flaky.validator.chain
+    v.chain = v.directory.chain = v.clock.chain = FlakyChain(chain, failures=1, delay=0.2)  # every reader of it
     book = dict(flaky.validator.book.records)
     with pytest.raises(ChainError):
         flaky.validator.evaluate_window(2)
@@ -223,10 +225,11 @@ def test_the_validator_loop_retries_a_window_until_the_chain_answers(monkeypatch
             raise ChainError("unreachable (injected)")
         return {"durations": {"total_s": 0.1}}
 
+    clock = types.SimpleNamespace(wait_until=lambda when: None, slot=lambda w: (0.0, 0.0), sleep=lambda s: None,
+                                  current_window=lambda: 5)
     node = types.SimpleNamespace(
         start=lambda: None, book=types.SimpleNamespace(window=4), opts=types.SimpleNamespace(stop_after_window=6),
-        wait_until=lambda when: None, slot=lambda w: (0.0, 0.0), evaluate_window=evaluate, RETRY_S=0.0,
-        sleep=lambda s: None, _check_fit=lambda w, s: None, current_window=lambda: 5)
+        clock=clock, evaluate_window=evaluate, RETRY_S=0.0, _check_fit=lambda w, s: None)
     Validator._loop(node)
     assert calls == [5, 5, 5, 6]
 
@@ -248,31 +251,31 @@ class WallChain:
         return self.genesis + block * self.block_time
 
 
-def node_gauges() -> dict:
-    """What Node.wait_until reports to besides the chain: the metrics and the window length."""
-    from peers.metrics import NodeMetrics
+def wall_clock(chain: WallChain) -> WindowClock:
+    """A node's clock on ``chain``, asking the chain every 0.2 s during a wait."""
+    from peers.ops.metrics import NodeMetrics
 
-    return {"metrics": NodeMetrics("peer", "5Fx"), "cfg": types.SimpleNamespace(
-        timing=types.SimpleNamespace(blocks_per_window=10))}
+    clock = WindowClock(chain, load_config(overrides=["timing.blocks_per_window=10"]).timing, NodeMetrics("peer", "5Fx"))
+    clock.CHAIN_CHECK_S = 0.2
+    return clock
 
 
 @pytest.mark.parametrize("jump", [+100.0, -100.0])
 def test_a_local_clock_that_jumps_neither_hurries_nor_delays_the_node(monkeypatch, jump):
     real = time.time
-    node = types.SimpleNamespace(chain=WallChain(real), CHAIN_CHECK_S=0.2, sleep=time.sleep, **node_gauges())
-    monkeypatch.setattr("peers.node.time.time", lambda: real() + jump)
+    clock = wall_clock(WallChain(real))
+    monkeypatch.setattr("peers.node.clock.time.time", lambda: real() + jump)
     when = real() + 0.8
-    Node.wait_until(node, when)
+    clock.wait_until(when)
     assert real() >= when - 0.1 - 1e-3  # not before the chain's block reached it (one block of slack)
     assert real() < when + 1.0  # and not a hundred seconds late
 
 
 def test_without_the_chain_the_local_clock_decides(monkeypatch):
     real = time.time
-    node = types.SimpleNamespace(chain=WallChain(real, fail=True), CHAIN_CHECK_S=0.2, sleep=time.sleep,
-                                 **node_gauges())
+    clock = wall_clock(WallChain(real, fail=True))
     t0 = real()
-    Node.wait_until(node, t0 + 0.3)
+    clock.wait_until(t0 + 0.3)
     assert 0.3 <= real() - t0 < 1.5
 
 
@@ -294,12 +297,13 @@ def test_the_peer_loop_retries_without_training_a_window_twice():
         events.append(("apply", window, prefer_published))
         return "result"
 
+    clock = types.SimpleNamespace(current_window=current_window, wait_until=lambda when: None,
+                                  window_start=lambda w: 0.0, slot=lambda w: (0.0, 0.0), sleep=lambda s: None)
     node = types.SimpleNamespace(
-        start=lambda: None, window_done=2, opts=types.SimpleNamespace(stop_after_window=3),
-        current_window=current_window, wait_until=lambda when: None, window_start=lambda w: 0.0,
-        slot=lambda w: (0.0, 0.0),
-        _train_and_upload=lambda w: events.append(("train", w)) or {"uploaded": True, "train_s": 0.1},
+        start=lambda: None, window_done=2, opts=types.SimpleNamespace(stop_after_window=3), clock=clock,
+        in_sync=True, _train_and_upload=lambda w: events.append(("train", w)) or {"uploaded": True, "train_s": 0.1},
         apply=apply, finish=lambda w, r, facts, **kw: events.append(("finish", w, facts["trained"])), RETRY_S=0.0,
-        sleep=lambda s: None, _check_fit=lambda w, train_s, apply_s: None)
+        _check_fit=lambda w, train_s, apply_s: None)
+    node._apply_and_finish = lambda w, trained: Peer._apply_and_finish(node, w, trained)
     Peer._loop(node)
     assert events == [("train", 3), ("apply", 3, False), ("finish", 3, True)]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from gauntlet.config import GauntletConfig, SparseLoCoConfig, load_config
 from gauntlet.errors import ConfigError, GauntletError, InvalidCommitment
 from gauntlet.identity import Identity
-from gauntlet.sparseloco import decode_message
+from gauntlet.sparseloco import Message, decode_message
 from gauntlet.sparseloco.wire import signing_digest
 from gauntlet.storage import BucketCard
 from wire_helpers import SHAPES, join, message, split
@@ -41,6 +41,19 @@ def reset_peak() -> None:
         f.write("5")
 
 
+def _can_reset_peak() -> bool:
+    try:
+        reset_peak()
+        return True
+    except OSError:
+        return False
+
+
+# the message fuzzers measure memory by resetting the peak resident set size; the others need nothing
+measures_memory = pytest.mark.skipif(not _can_reset_peak(), reason="this kernel does not let a process reset "
+                                     "its peak memory (/proc/self/clear_refs)")
+
+
 def signed(header: dict, inner: dict, payload: bytes, fix_hash: bool = True) -> bytes:
     """A message whose gauntlet header is ``inner``, re-signed by mallory (a registered peer)."""
     if fix_hash:
@@ -50,27 +63,33 @@ def signed(header: dict, inner: dict, payload: bytes, fix_hash: bool = True) -> 
     return join({**header, "__metadata__": meta}, payload)
 
 
-def decode_bounded(data: bytes) -> None:
-    """Decode as a validator does; any failure must be typed, fast and small."""
+def decode_bounded(data: bytes) -> Message | None:
+    """Decode as a validator does: fast and small whatever happens; a failure is typed, and a message
+    that passes is exactly what the validator asked for (run, codec, tensors, shapes, finite values)."""
     reset_peak()
     base = peak_rss_kb()
     t0 = time.perf_counter()
     try:
-        decode_message(data, spec=SHAPES, expected_run="run-a", expected_codec=CFG, max_bytes=1 << 20)
+        msg = decode_message(data, spec=SHAPES, expected_run="run-a", expected_codec=CFG, max_bytes=1 << 20)
     except GauntletError:
-        pass
+        msg = None
     assert time.perf_counter() - t0 < 2.0
     assert peak_rss_kb() - base < MEMORY_BUDGET_KB
+    if msg is not None:
+        assert msg.header.run == "run-a" and msg.header.hotkey in (MALLORY.hotkey, INNER["hotkey"])
+        assert msg.nbytes == len(data)
+        dense = {n: ct.to_dense() for n, ct in msg.tensors.items()}
+        assert {n: tuple(t.shape) for n, t in dense.items()} == {n: tuple(s) for n, s in SHAPES.items()}
+        assert all(bool(t.isfinite().all()) for t in dense.values())
+    return msg
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _peak_reset_works():
-    try:
-        reset_peak()
-    except OSError:
-        pytest.skip("this kernel does not let a process reset its peak memory (/proc/self/clear_refs)")
+@measures_memory
+def test_the_unchanged_message_passes_the_same_checks():
+    assert decode_bounded(VALID) is not None
 
 
+@measures_memory
 @FUZZ
 @given(st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8))
 def test_overwritten_bytes_anywhere(edits):
@@ -80,6 +99,7 @@ def test_overwritten_bytes_anywhere(edits):
     decode_bounded(bytes(data))
 
 
+@measures_memory
 @FUZZ
 @given(st.integers(0, len(VALID) - 1), st.binary(min_size=0, max_size=64), st.integers(0, 64))
 def test_spliced_and_cut_bytes(at, insert, cut):
@@ -90,6 +110,7 @@ SHAPE_VALUES = st.one_of(st.integers(-2, 3), st.integers(2**31, 2**63), st.just(
                          st.text(max_size=3), st.none())
 
 
+@measures_memory
 @FUZZ
 @given(st.sampled_from(range(len(INNER["tensors"]))), st.lists(SHAPE_VALUES, min_size=0, max_size=10))
 def test_header_bombs_in_declared_shapes_are_refused_before_allocation(which, shape):
@@ -98,6 +119,7 @@ def test_header_bombs_in_declared_shapes_are_refused_before_allocation(which, sh
     decode_bounded(signed(HEADER, inner, PAYLOAD))
 
 
+@measures_memory
 @FUZZ
 @given(st.sampled_from(sorted(k for k in HEADER if k != "__metadata__")),
        st.sampled_from(["dtype", "shape", "data_offsets"]),
@@ -110,6 +132,7 @@ def test_wrong_dtypes_shapes_and_offsets_of_parts(part, field, value):
     decode_bounded(signed(header, INNER, PAYLOAD))
 
 
+@measures_memory
 @FUZZ
 @given(st.binary(min_size=len(PAYLOAD), max_size=len(PAYLOAD)))
 def test_random_payload_under_a_valid_signed_header(payload):
@@ -117,6 +140,7 @@ def test_random_payload_under_a_valid_signed_header(payload):
     decode_bounded(signed(HEADER, INNER, payload))
 
 
+@measures_memory
 @FUZZ
 @given(st.sampled_from(["v", "run", "window", "hotkey", "codec", "tensors", "payload_sha256", "extra"]),
        st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
@@ -126,6 +150,7 @@ def test_any_value_in_any_signed_header_field(key, value):
     decode_bounded(signed(HEADER, {**INNER, key: value}, PAYLOAD, fix_hash=key != "payload_sha256"))
 
 
+@measures_memory
 @FUZZ
 @given(st.integers(0, 2**64 - 1))
 def test_a_lying_header_length_prefix(n):
@@ -144,15 +169,24 @@ def test_mutated_bucket_cards_decode_or_raise_invalid_commitment(edits, keep):
     data = bytearray(CARD)
     for pos, value in edits:
         data[pos] = value
+    data = bytes(data[:keep] if keep < len(CARD) else data)
     try:
-        card = BucketCard.decode(bytes(data[:keep] if keep < len(CARD) else data))
+        card = BucketCard.decode(data)
     except InvalidCommitment:
         return
-    assert isinstance(card, BucketCard) and len(card.encode()) <= 384
+    assert card.encode() == data  # what decodes is a card, and exactly the bytes it came from
+    assert card.scheme in ("s3", "file")
+
+
+FIELD = st.text(st.characters(blacklist_characters="\x00\r\n", blacklist_categories=("Cs",)), max_size=40)
+VALID_CARDS = st.one_of(
+    st.builds(lambda loc, b, r, k, sec: BucketCard("s3", loc, b or "b", r, k, sec).encode(), FIELD, FIELD, FIELD,
+              FIELD, FIELD),
+    st.builds(lambda d, note: BucketCard("file", "/" + d, note=note).encode(), FIELD, FIELD))
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.binary(max_size=384))
+@given(st.one_of(st.binary(max_size=384), VALID_CARDS))
 def test_garbage_commitments_read_back_from_the_chain_are_cards_or_typed_errors(tmp_path_factory, blob):
     from gauntlet.chain.local import LocalChain
 
@@ -160,11 +194,13 @@ def test_garbage_commitments_read_back_from_the_chain_are_cards_or_typed_errors(
     who = Identity.from_seed(f"garbage-{hashlib.sha256(blob).hexdigest()[:8]}")
     chain.register(who.hotkey)
     chain.commit(who, blob)
-    for commitment in chain.commitments().values():  # what Node.network does with each
-        try:
-            BucketCard.decode(commitment.data)
-        except InvalidCommitment:
-            pass
+    (commitment,) = chain.commitments().values()
+    assert commitment.data == blob  # stored and read back as sent
+    try:
+        card = BucketCard.decode(commitment.data)  # what a node's directory does with each
+    except InvalidCommitment:
+        return
+    assert card.encode() == blob
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -172,14 +208,26 @@ def test_garbage_commitments_read_back_from_the_chain_are_cards_or_typed_errors(
 SECTIONS = sorted(GauntletConfig.model_fields)
 
 
+def assert_sound(cfg: GauntletConfig) -> None:
+    """A config that loads is valid as a whole (it validates again to itself) and hashes stably."""
+    assert isinstance(cfg, GauntletConfig)
+    again = GauntletConfig.model_validate(cfg.model_dump())
+    assert again == cfg and again.run_hash() == cfg.run_hash()
+
+
+def test_settings_that_load_are_sound():
+    assert_sound(load_config(overrides=["inner.steps=3", "sparseloco.topk=32"]))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.builds(lambda s, f, v: f"{s}.{f}={v}", st.sampled_from(SECTIONS + ["nope", ""]),
                           st.text(max_size=12), st.text(max_size=16)), max_size=3))
 def test_any_override_is_a_config_or_a_config_error(overrides):
     try:
-        load_config(overrides=overrides)
+        cfg = load_config(overrides=overrides)
     except ConfigError:
-        pass
+        return
+    assert_sound(cfg)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -188,9 +236,10 @@ def test_any_config_file_is_a_config_or_a_config_error(tmp_path, text, suffix):
     path = tmp_path / f"settings{suffix}"
     path.write_text(text, encoding="utf-8")
     try:
-        load_config(path)
+        cfg = load_config(path)
     except ConfigError:
-        pass
+        return
+    assert_sound(cfg)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -201,6 +250,7 @@ def test_structured_json_config_files_with_wrong_types(tmp_path, doc):
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(doc), encoding="utf-8")
     try:
-        load_config(path)
+        cfg = load_config(path)
     except ConfigError:
-        pass
+        return
+    assert_sound(cfg)

@@ -10,7 +10,7 @@ from gauntlet.config import DataConfig
 from gauntlet.data import prepare
 from gauntlet.identity import Identity
 from live_nodes import Nodes, pending_chain
-from peers.metrics import MetricsServer, NodeMetrics
+from peers.ops.metrics import MetricsServer, NodeMetrics
 from s3_servers import free_port
 
 

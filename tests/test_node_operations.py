@@ -8,10 +8,10 @@ import types
 import pytest
 
 from gauntlet.config import load_config
-from peers.explain import window_line
-from peers.gather import GatherResult
-from peers.metrics import NodeMetrics
-from peers.node import Node, StopRequested
+from peers.network.explain import window_line
+from peers.network.gather import GatherResult
+from peers.ops.metrics import NodeMetrics
+from peers.node.clock import StopRequested, WindowClock
 from peers.peer import Peer
 
 ME, A, B, C = "me", "peer-a", "peer-b", "peer-c"
@@ -66,8 +66,8 @@ def fake_peer(window_s: float, blocks: int = 30):
     cfg = load_config(overrides=[f"timing.blocks_per_window={blocks}", "timing.upload_slot_s=1.0",
                                  "timing.slot_grace_s=0.3", "inner.steps=4"])
     events = []
-    return types.SimpleNamespace(cfg=cfg, window_start=lambda w: 1000.0 + w * window_s,
-                                 _event=lambda kind, **f: events.append((kind, f))), events
+    clock = types.SimpleNamespace(window_start=lambda w: 1000.0 + w * window_s)
+    return types.SimpleNamespace(cfg=cfg, clock=clock, _event=lambda kind, **f: events.append((kind, f))), events
 
 
 def test_a_peer_whose_window_work_cannot_fit_says_which_window_length_would(caplog):
@@ -90,14 +90,12 @@ def test_a_peer_whose_window_work_fits_says_nothing(caplog):
 def test_a_stop_request_ends_a_wait_promptly():
     genesis = time.time() - 10.0  # one-second blocks
     chain = types.SimpleNamespace(block=lambda: int(time.time() - genesis), timestamp=lambda b: genesis + b)
-    node = types.SimpleNamespace(chain=chain, CHAIN_CHECK_S=30.0, _stop_reason=None,
-                                 engine=types.SimpleNamespace(idle=lambda: None), metrics=NodeMetrics("peer", "5Fx"),
-                                 cfg=types.SimpleNamespace(timing=types.SimpleNamespace(blocks_per_window=10)))
-    node.sleep = lambda s: Node.sleep(node, s)
-    threading.Timer(0.3, lambda: setattr(node, "_stop_reason", "SIGTERM received")).start()
+    clock = WindowClock(chain, load_config(overrides=["timing.blocks_per_window=10"]).timing,
+                        NodeMetrics("peer", "5Fx"))
+    threading.Timer(0.3, lambda: clock.request_stop("SIGTERM received")).start()
     started = time.monotonic()
     with pytest.raises(StopRequested, match="SIGTERM"):
-        Node.wait_until(node, time.time() + 3600)  # an hour away
+        clock.wait_until(time.time() + 3600)  # an hour away
     assert time.monotonic() - started < 60  # it did not wait for the hour (0.5 s on an idle machine)
 
 
@@ -107,7 +105,7 @@ def test_the_validator_uses_its_peer_list_only_if_it_was_stored_in_time(tmp_path
 
     written = [100.0]
     store = FileStore(tmp_path, clock=lambda: written[0])
-    node = types.SimpleNamespace(store=store, run="r", list_deadline=lambda w: 150.0)
+    node = types.SimpleNamespace(store=store, run="r", clock=types.SimpleNamespace(list_deadline=lambda w: 150.0))
     assert not Validator._list_in_time(node, 3)  # never stored
     store.put(keys.peer_list("r", 3), b"{}")
     assert Validator._list_in_time(node, 3)

@@ -6,9 +6,9 @@ from gauntlet.identity import Identity
 from gauntlet.sparseloco import ErrorFeedback, encode_message
 from gauntlet.storage import FileStore, keys
 from peers.cli import build_parser, main
-from peers.gather import gather
-from peers.state import LocalState, StateError, load_state, save_state
-from peers.training import InnerTrainer, lr_at
+from peers.network.gather import gather
+from peers.node.state_files import LocalState, StateError, load_local, parse_state_meta, save_local, state_meta
+from peers.node.training import InnerTrainer, lr_at
 
 RUN = "r"
 CFG = SparseLoCoConfig()
@@ -27,6 +27,17 @@ def test_inner_lr_warms_up_linearly_then_follows_a_cosine_to_the_floor():
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16))
+
+
+def save_state(run_dir, state, model, ef, opt):
+    """What a one-process peer saves after each window (engine.state.save with the peer's meta)."""
+    save_local(run_dir / "state.safetensors", model, ef, opt, state_meta(state))
+
+
+def load_state(run_dir, model, ef, opt, run):
+    """What a one-process peer restores when it starts."""
+    path = run_dir / "state.safetensors"
+    return parse_state_meta(load_local(path, model, ef, opt, run), path, run)
 
 
 def test_state_round_trips_atomically_and_refuses_foreign_files(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from gauntlet.errors import ConfigError
 from gauntlet.storage import FileStore, keys
-from peers.retention import check_retain, prune
+from peers.ops.retention import check_retain, prune
 
 RUN, ME, OTHER = "run-a", "5Fme", "5Fother"
 

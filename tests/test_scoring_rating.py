@@ -1,4 +1,4 @@
-"""Worked numbers for every Gauntlet formula (PROTOCOL §4)."""
+"""Worked numbers for every Gauntlet formula (docs/protocol.md §4)."""
 
 import math
 

@@ -7,7 +7,7 @@ import pytest
 
 from gauntlet.storage.s3_store import S3Store
 from peers.cli import main
-from peers.simulate_live import READ_SECRET
+from peers.sim.live import READ_SECRET
 
 pytestmark = pytest.mark.slow
 

@@ -185,13 +185,13 @@ def test_when_a_rank_dies_the_whole_node_stops_with_an_error(tmp_path, data_dir)
 
 
 def test_a_state_saved_under_torchrun_is_not_resumed_by_one_plain_process(tmp_path):
-    from peers.engine import ModelEngine
-    from peers.state import StateError
+    from peers.node.engine import ModelEngine
+    from peers.node.state_files import StateError
 
     cfg = load_config(overrides=SETTINGS)
     engine = ModelEngine(cfg, build_model(cfg.model, 256, cfg.data.seq_len, seed=cfg.seed), train=True)
     (tmp_path / "state.json").write_text(json.dumps({"dir": "state-3"}))  # what a sharded peer leaves
     with pytest.raises(StateError, match=r"--nproc N \(any N"):
-        engine.load_state(str(tmp_path), "state")
-    engine.save_state(str(tmp_path), "state", 3, {"run": "r"})  # a one-process state beside it wins
-    assert engine.load_state(str(tmp_path), "state") is not None
+        engine.state.load(str(tmp_path), "state")
+    engine.state.save(str(tmp_path), "state", 3, {"run": "r"})  # a one-process state beside it wins
+    assert engine.state.load(str(tmp_path), "state") is not None

@@ -11,9 +11,9 @@ from gauntlet.models import build_model
 from gauntlet.sparseloco import ErrorFeedback, decode_message, encode_message
 from gauntlet.storage import FileStore, keys
 from gauntlet.uniqueness.sampled import draw_sample
-from peers.engine import ModelEngine
-from peers.gather import gather
-from peers.spool import Spool, SpooledMessage, read_message_sample
+from peers.node.engine import ModelEngine
+from peers.network.gather import gather
+from peers.network.spool import Spool, SpooledMessage, read_message_sample
 
 SETTINGS = ["model.device=cpu", "data.seq_len=32"]
 PEERS = [Identity.from_seed(f"spool-{i}") for i in range(3)]
@@ -45,11 +45,12 @@ def test_spooled_messages_decode_score_and_aggregate_exactly_like_messages_in_me
     assert all(torch.equal(first[n].to_dense(), messages[0].tensors[n].to_dense()) for n in spec)
     own, rand = [torch.randint(0, 256, (2, 32))], [torch.randint(0, 256, (2, 32))]
     a, b = engine(cfg), engine(cfg)
-    before = a.mean_loss(rand)
-    assert a.test_update(messages[1], 0.2, own, rand, before) == b.test_update(spooled[1], 0.2, own, rand, before)
-    agg_a, agg_b = a.apply(messages, want_full=True), b.apply(spooled, want_full=True)
+    before = a.measure.mean_loss(rand)
+    assert a.measure.test_update(messages[1], 0.2, own, rand, before) == \
+        b.measure.test_update(spooled[1], 0.2, own, rand, before)
+    agg_a, agg_b = a.updates.apply(messages, want_full=True), b.updates.apply(spooled, want_full=True)
     assert all(torch.equal(agg_a[n], agg_b[n]) for n in spec)
-    assert a.fingerprint() == b.fingerprint()
+    assert a.measure.fingerprint() == b.measure.fingerprint()
     sample = draw_sample(spec, cfg.sparseloco, 64, seed=5)
     for m, s in zip(messages, spooled):
         (k1, v1), (k2, v2) = read_message_sample(m, sample), read_message_sample(s, sample)

@@ -13,7 +13,7 @@ from gauntlet.errors import ConfigError, DataError
 from gauntlet.models import build_model
 from gauntlet.uniqueness import assigned_indices, own_eval_indices
 from peers.cli import main
-from peers.training import InnerTrainer
+from peers.node.training import InnerTrainer
 
 SEQ = 16
 

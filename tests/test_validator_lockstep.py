@@ -7,7 +7,7 @@ import pytest
 from gauntlet.config import load_config
 from gauntlet.data import prepare
 from peers.behaviours import BUILT_IN, Behaviour, Copier, Noise
-from peers.lockstep import build, node_identity, run
+from peers.sim.lockstep import build, node_identity, run
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_a_validator_killed_mid_window_resumes_to_the_same_result(tmp_path, data
     assert resumed.chain.weights() == expected[0]
     assert resumed.validator.book.records == expected[1]
     head = resumed.validator.book.record_head
-    from peers.records import verify_chain
+    from peers.network.records import verify_chain
     from gauntlet.storage import keys
 
     records = [resumed.validator.store.get(keys.record(cfg.run_name, w)) for w in range(6)]

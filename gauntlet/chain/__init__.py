@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from gauntlet.chain.base import MAX_COMMITMENT_BYTES, Chain, Commitment, Neuron, window_of
+from gauntlet.chain.local import LocalChain
 from gauntlet.errors import ConfigError
 
 __all__ = ["MAX_COMMITMENT_BYTES", "Chain", "Commitment", "Neuron", "open_chain", "window_of"]
@@ -28,8 +29,6 @@ def open_chain(url: str, **options) -> Chain:
         unknown = set(query) - {"block_time", "clock", "netuid"}
         if unknown:
             raise ConfigError(f"chain URL {url!r}: unknown option(s) {sorted(unknown)}")
-        from gauntlet.chain.local import LocalChain
-
         try:
             kwargs = {"block_time": float(query.get("block_time", 12.0)), "clock": query.get("clock", "wall"),
                       "netuid": int(query.get("netuid", 1))}
@@ -40,7 +39,7 @@ def open_chain(url: str, **options) -> Chain:
         network, _, netuid = url.removeprefix("bittensor://").rstrip("/").rpartition("/")
         if not network or not netuid.isdigit():
             raise ConfigError(f"chain URL {url!r}: use bittensor://NETWORK/NETUID, e.g. bittensor://finney/3")
-        from gauntlet.chain.bittensor_chain import BittensorChain
+        from gauntlet.chain.bittensor_chain import BittensorChain  # deferred: the bittensor SDK is heavy
 
         return BittensorChain(network, int(netuid), **options)
     raise ConfigError(f"unsupported chain URL {url!r}: use local:///path/chain.db or bittensor://NETWORK/NETUID")

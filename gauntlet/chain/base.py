@@ -74,7 +74,7 @@ class Chain(Protocol):
 
 
 def window_of(block: int, blocks_per_window: int) -> int:
-    """The window a block belongs to (PROTOCOL §1)."""
+    """The window a block belongs to (docs/protocol.md §1)."""
     return block // blocks_per_window
 
 

@@ -24,6 +24,9 @@ from collections.abc import Awaitable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
+from bittensor import BittensorError, Client, calls
+from bittensor.intents.weights import SetWeights
+
 from gauntlet.chain.base import (
     COMMITMENT_FIELD_BYTES,
     MAX_COMMITMENT_BYTES,
@@ -59,8 +62,6 @@ def raw_field_bytes(fields: list) -> bytes:
 
 class BittensorChain:
     def __init__(self, network: str, netuid: int, *, substrate: Any = None, timeout: float = 30.0) -> None:
-        from bittensor import Client  # imported here: the SDK is heavy and only needed for real runs
-
         self.network = network
         self.netuid = netuid
         self.url = f"bittensor://{network}/{netuid}"
@@ -78,8 +79,6 @@ class BittensorChain:
     # --------------------------------------------------------------------------------- plumbing
 
     def _run(self, coro: Awaitable[T], what: str) -> T:
-        from bittensor import BittensorError
-
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(self.timeout)
@@ -123,8 +122,6 @@ class BittensorChain:
     def commit(self, signer: HotkeySigner, data: bytes) -> None:
         if len(data) > MAX_COMMITMENT_BYTES:
             raise ChainError(f"commitment is {len(data)} bytes; at most {MAX_COMMITMENT_BYTES} fit")
-        from bittensor import calls
-
         fields = [{f"Raw{len(part)}": part} for part in split_fields(bytes(data))]
         call = calls.Commitments.set_commitment(netuid=self.netuid, info={"fields": fields})
         result = self._run(self._client.submit_call(call, signer.keypair, signer="hotkey"), "publish a commitment")
@@ -136,8 +133,6 @@ class BittensorChain:
                 for hotkey, c in sorted(found.items()) if c is not None}
 
     def set_weights(self, signer: HotkeySigner, weights: Mapping[int, float]) -> None:
-        from bittensor.intents.weights import SetWeights
-
         row = normalise(weights)
         if not row:
             raise ChainError("all weights are zero; nothing to set")

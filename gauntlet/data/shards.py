@@ -29,6 +29,7 @@ import torch
 from gauntlet.config import DataConfig
 from gauntlet.data.sources import is_validation, iter_documents
 from gauntlet.data.tokenizer import load_tokenizer
+from gauntlet.data.tokens import is_token_source, open_token_shards
 from gauntlet.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,6 @@ class TokenDataset:
 def open_dataset(cfg: DataConfig, cache_root: str | Path):
     """The (train, validation) sequences of ``cfg.source``: pre-tokenised shards are read in place
     (:mod:`gauntlet.data.tokens`); text sources are tokenised once into the cache (:func:`prepare`)."""
-    from gauntlet.data.tokens import is_token_source, open_token_shards
-
     if is_token_source(cfg.source):
         return open_token_shards(cfg.source, cfg.seq_len, cfg.vocab_size, cfg.val_fraction, cfg.token_dtype)
     root = prepare(cfg, cache_root)

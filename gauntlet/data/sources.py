@@ -63,7 +63,7 @@ def _json(path: Path) -> Iterator[tuple[str, str]]:
 
 def _parquet(path: Path) -> Iterator[tuple[str, str]]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # deferred: the [data] extra, for parquet files only
     except ImportError:
         raise ConfigError(f"reading {path} needs pyarrow: pip install 'gauntlet[data]'") from None
     try:
@@ -86,7 +86,7 @@ def _hf_rows(path: Path, rows) -> Iterator[tuple[str, str]]:
 def _hf_saved(path: Path) -> Iterator[tuple[str, str]]:
     """A dataset written by ``datasets``' ``save_to_disk`` (a folder), or one of its ``.arrow`` files."""
     try:
-        import datasets
+        import datasets  # deferred: the [data] extra, for saved Hugging Face datasets only
     except ImportError:
         raise ConfigError(f"reading {path} needs the datasets package: pip install 'gauntlet[data]'") from None
     try:
@@ -123,7 +123,7 @@ def _local(path: Path) -> Iterator[tuple[str, str]]:
 def _hub(spec: str) -> Iterator[tuple[str, str]]:
     name, _, split = spec.partition(":")
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # deferred: the [data] extra, for hub datasets only
     except ImportError:
         raise ConfigError(f"data source hf:{spec} needs the datasets package: pip install 'gauntlet[data]'") from None
     try:

@@ -45,7 +45,7 @@ class HFTokenizer:
 
 def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> HFTokenizer:
     """Train a byte-level BPE on ``texts`` and save it as ``path`` (tokenizer.json)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # deferred: byte tokens need none
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -75,7 +75,7 @@ def load_tokenizer(spec: str, cache_dir: Path, corpus: Iterable[str] | None = No
         key = hashlib.sha256(f"{corpus_id}|{vocab}".encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"bpe-{vocab}-{key}.json"
         if path.exists():
-            from tokenizers import Tokenizer
+            from tokenizers import Tokenizer  # deferred: byte tokens need none
 
             tok = Tokenizer.from_file(str(path))
             return HFTokenizer(spec, tok, tok.token_to_id("<|endoftext|>"))
@@ -83,7 +83,7 @@ def load_tokenizer(spec: str, cache_dir: Path, corpus: Iterable[str] | None = No
             raise ConfigError(f"tokenizer {spec!r} is not trained yet and no corpus was given")
         return train_bpe(corpus, vocab, path)
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # deferred: the [node] extra, for hub tokenizers only
 
         tok = AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as exc:

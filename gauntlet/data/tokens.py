@@ -97,7 +97,8 @@ def is_token_source(source: str) -> bool:
     return path.exists() and bool(shard_files(path))
 
 
-def _prepared_meta(path: Path) -> dict | None:
+def prepared_meta(path: Path) -> dict | None:
+    """The `meta.json` of a folder `gauntlet data prepare` wrote (None for anything else)."""
     meta = path / "meta.json" if path.is_dir() else None
     if meta is None or not meta.exists():
         return None
@@ -160,7 +161,7 @@ def open_token_shards(source: str, seq_len: int, vocab_size: int | None, val_fra
                       token_dtype: str = "uint16") -> tuple[TokenShards, TokenShards]:
     """(train, validation) sequences of pre-tokenised shards."""
     path = Path(source).expanduser()
-    meta = _prepared_meta(path)
+    meta = prepared_meta(path)
     if meta is not None:  # written by `gauntlet data prepare`: its tokenizer and dtype are known
         if vocab_size is not None and vocab_size != meta["vocab_size"]:
             raise DataError(f"{path} was prepared with a {meta['vocab_size']:,}-token vocabulary "

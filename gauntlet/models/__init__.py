@@ -32,7 +32,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def build_model(cfg: ModelConfig, vocab_size: int, max_seq_len: int, seed: int) -> torch.nn.Module:
     """A model with identical initial weights on every node (seeded), on the configured device."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # deferred: the [node] extra
 
     device = pick_device(cfg.device)
     if cfg.preset in PRESETS:

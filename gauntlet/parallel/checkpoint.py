@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.tensor import DTensor, Shard
 
 from gauntlet.errors import GauntletError
 
@@ -29,8 +31,6 @@ class CheckpointError(GauntletError):
 
 def as_dtensors(local: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], mesh) -> dict:
     """Each rank's rows (``Shard(0)`` of the whole shape) as DTensors DCP can save and re-shard."""
-    from torch.distributed.tensor import DTensor, Shard
-
     out = {}
     for name, t in local.items():
         shape = torch.Size(shapes[name])
@@ -61,8 +61,6 @@ def save(run_dir: Path, name: str, window: int, state: dict, meta: dict, is_main
          write_atomic: Callable[[Path, bytes], None]) -> Path:
     """Collective: every rank saves its shards of ``state``; rank 0 adds ``meta`` and moves the
     pointer. ``write_atomic(path, data)`` writes a small file atomically."""
-    import torch.distributed.checkpoint as dcp
-
     final = run_dir / f"{name}-{window:010d}"
     partial = run_dir / f".{final.name}.partial"
     if is_main:
@@ -89,8 +87,6 @@ def save(run_dir: Path, name: str, window: int, state: dict, meta: dict, is_main
 def load(run_dir: Path, name: str, state: dict, run: str | None = None) -> dict | None:
     """Collective: fill ``state`` (templates for this world size) from the last complete state;
     returns its meta, or None when there is none. With ``run``, a state of another run is refused."""
-    import torch.distributed.checkpoint as dcp
-
     target = current(run_dir, name)
     if target is None:
         return None

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import torch
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from gauntlet.errors import ConfigError
 from gauntlet.sparseloco.sharding import shard_rows
@@ -23,8 +25,6 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def shard_model(model: torch.nn.Module, mesh, reshard_after_forward: bool = True) -> torch.nn.Module:
     """FSDP2 over ``mesh`` (1-D, or the shard dimension of a 2-D mesh): blocks, then the root."""
-    from torch.distributed.fsdp import fully_shard
-
     for block in transformer_blocks(model):
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
@@ -36,8 +36,6 @@ def check_sharding(params: Mapping[str, torch.Tensor], world: int, rank: int, me
     """Every parameter is a DTensor sharded on dim 0 over ``world`` ranks as ``torch.chunk`` splits it
     (on ``mesh_dim`` of a 2-D mesh, replicated on the other) — over ``mesh`` when one is given —
     else :class:`ConfigError` naming it."""
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-
     for name, p in params.items():
         if not isinstance(p, DTensor):
             raise ConfigError(f"parameter {name!r} is not sharded (not a DTensor): apply fully_shard to the model "
@@ -60,6 +58,4 @@ def check_sharding(params: Mapping[str, torch.Tensor], world: int, rank: int, me
 
 def local_tensors(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each parameter's local shard (the tensor itself when not sharded); writes go to the parameter."""
-    from torch.distributed.tensor import DTensor
-
     return {n: p._local_tensor if isinstance(p, DTensor) else p for n, p in params.items()}

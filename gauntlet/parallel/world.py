@@ -10,16 +10,21 @@ timeout, so a rank that dies or hangs makes the others fail with an error instea
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
+import signal
 import struct
+import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from gauntlet.errors import ConfigError, TransportError
 
@@ -57,11 +62,6 @@ def launched_by_torchrun() -> bool:
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``): a rank whose
     launcher was killed must not go on training alone. A no-op elsewhere."""
-    import ctypes
-    import ctypes.util
-    import signal
-    import sys
-
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -76,8 +76,6 @@ def init_world(device: str = "auto", timeout_s: float = 300.0) -> World:
     if not launched_by_torchrun():
         raise ConfigError("not started by torchrun: run `torchrun --nproc_per_node N -m peers.cli ...` or pass "
                           "--nproc N")
-    from torch.distributed.device_mesh import init_device_mesh
-
     die_with_parent()  # torchrun's agent: if it is killed, so are its ranks
     rank, size, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -112,8 +110,6 @@ def exit_now(code: int) -> None:
     """End a rank's process once its process group is shut down: flush and ``os._exit``. Letting the
     interpreter finalise instead can abort it, when gloo's worker threads release tensors while
     Python is being torn down (pytorch/pytorch#179291); nothing is left to clean up by then."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

@@ -1,4 +1,4 @@
-"""Ratings and weights (PROTOCOL §4): OpenSkill Plackett–Luce ratings and the two weight policies."""
+"""Ratings and weights (docs/protocol.md §4): OpenSkill Plackett–Luce ratings and the two weight policies."""
 
 from gauntlet.rating.book import PeerRecord, WindowOutcome, update_book
 from gauntlet.rating.openskill import Rating, rate_match

@@ -1,7 +1,7 @@
 """The validator's book: every peer's rating, moving average, penalty and ban, updated once per
-window by a pure function of what the window showed (PROTOCOL §4).
+window by a pure function of what the window showed (docs/protocol.md §4).
 
-Rules (documented choices where PROTOCOL is silent are marked *):
+Rules (documented choices where docs/protocol.md is silent are marked *):
 
 - Present (valid, in the slot): ``last_seen = window``. *A present peer in sync recovers one
   penalty step: ``penalty = min(1, penalty / penalty_factor)``.
@@ -69,10 +69,19 @@ def fresh(cfg: ValidatorConfig) -> PeerRecord:
 def update_book(book: Mapping[str, PeerRecord], outcome: WindowOutcome,
                 cfg: ValidatorConfig) -> tuple[dict[str, PeerRecord], dict[str, dict]]:
     """The book after a window, and for every peer the factors behind its final score."""
-    w = outcome.window
-    new = dict(book)
-    why: dict[str, dict] = {}
-    for hotkey in sorted(set(book) | outcome.present | set(outcome.failed)):
+    new, why = _presence(dict(book), outcome, cfg)
+    _copies(new, why, outcome, cfg)
+    scores = _loss_tests(new, why, outcome, cfg)
+    _match(new, outcome, scores, cfg)
+    _finals(new, why, outcome.window)
+    return new, why
+
+
+def _presence(new: dict[str, PeerRecord], outcome: WindowOutcome,
+              cfg: ValidatorConfig) -> tuple[dict[str, PeerRecord], dict[str, dict]]:
+    """Stage 1 for every known or seen peer: sync and penalty from presence; inactive peers reset."""
+    w, why = outcome.window, {}
+    for hotkey in sorted(set(new) | outcome.present | set(outcome.failed)):
         rec = new.get(hotkey) or replace(fresh(cfg), first_seen=w)
         note: dict = {"window": w}
         if hotkey in outcome.present and math.isnan(outcome.steps_behind.get(hotkey, 0.0)):
@@ -96,6 +105,11 @@ def update_book(book: Mapping[str, PeerRecord], outcome: WindowOutcome,
             note["reset"] = "inactive"
         new[hotkey] = rec
         why[hotkey] = note
+    return new, why
+
+
+def _copies(new: dict[str, PeerRecord], why: dict[str, dict], outcome: WindowOutcome, cfg: ValidatorConfig) -> None:
+    """Each offender of a copy finding: a penalty, a reset, or a reset and a ban, by overlap."""
     for finding in outcome.copies:
         rec = new[finding.offender]
         note = why[finding.offender]
@@ -103,7 +117,7 @@ def update_book(book: Mapping[str, PeerRecord], outcome: WindowOutcome,
                         "cosine": round(finding.cosine, 4)}
         if finding.overlap >= cfg.copy_ban:
             rec = replace(fresh(cfg), first_seen=rec.first_seen, last_seen=rec.last_seen,
-                          banned_until=w + cfg.copy_ban_windows)
+                          banned_until=outcome.window + cfg.copy_ban_windows)
             note["copy"]["action"] = "reset+ban"
         elif finding.overlap >= cfg.copy_reset:
             rec = replace(fresh(cfg), first_seen=rec.first_seen, last_seen=rec.last_seen,
@@ -113,16 +127,27 @@ def update_book(book: Mapping[str, PeerRecord], outcome: WindowOutcome,
             rec = replace(rec, penalty=rec.penalty * cfg.copy_penalty)
             note["copy"]["action"] = "penalty"
         new[finding.offender] = rec
+
+
+def _loss_tests(new: dict[str, PeerRecord], why: dict[str, dict], outcome: WindowOutcome,
+                cfg: ValidatorConfig) -> dict[str, float]:
+    """Stage 2: each tested peer's uniqueness moving average; returns its score (gain on random data)."""
     scores: dict[str, float] = {}
     for hotkey, test in outcome.tests.items():
         rec = new[hotkey]
         random_gain = relative_improvement(test.random_before, test.random_after)
         own_gain = relative_improvement(test.own_before, test.own_after)
         indicator = uniqueness_indicator(own_gain, random_gain)
-        new[hotkey] = replace(rec, ma=moving_average(rec.ma, indicator, cfg.ma_alpha), last_eval=w)
+        new[hotkey] = replace(rec, ma=moving_average(rec.ma, indicator, cfg.ma_alpha), last_eval=outcome.window)
         scores[hotkey] = random_gain
         why[hotkey].update(score=random_gain, own_gain=own_gain, indicator=indicator)
-    failed = [h for h in outcome.failed if new[h].banned_until < w]
+    return scores
+
+
+def _match(new: dict[str, PeerRecord], outcome: WindowOutcome, scores: dict[str, float],
+           cfg: ValidatorConfig) -> None:
+    """One OpenSkill match of the window: tested peers by score, failed (unbanned) peers below them all."""
+    failed = [h for h in outcome.failed if new[h].banned_until < outcome.window]
     if scores or failed:
         floor = min([0.0, *scores.values()]) - 1.0
         match = {**scores, **{h: floor for h in failed}}
@@ -130,11 +155,14 @@ def update_book(book: Mapping[str, PeerRecord], outcome: WindowOutcome,
                            sigma=cfg.rating_sigma, beta=cfg.rating_beta, tau=cfg.rating_tau)
         for hotkey, rating in rated.items():
             new[hotkey] = replace(new[hotkey], mu=rating.mu, sigma=rating.sigma)
+
+
+def _finals(new: dict[str, PeerRecord], why: dict[str, dict], window: int) -> None:
+    """Every peer's final score (zero while banned), with all its factors noted."""
     for hotkey, rec in new.items():
-        banned = rec.banned_until >= w
+        banned = rec.banned_until >= window
         final = 0.0 if banned else final_score(rec.ordinal, rec.ma, rec.sync, rec.penalty)
         new[hotkey] = replace(rec, final=final)
-        why.setdefault(hotkey, {"window": w, "status": "absent"}).update(
+        why.setdefault(hotkey, {"window": window, "status": "absent"}).update(
             ordinal=rec.ordinal, mu=rec.mu, sigma=rec.sigma, ma=rec.ma, sync=rec.sync, penalty=rec.penalty,
             banned=banned, final=final)
-    return new, why

@@ -21,7 +21,7 @@ def rate_match(ratings: Mapping[str, Rating], scores: Mapping[str, float], *, mu
                sigma: float = 25.0 / 3, beta: float = 7.0, tau: float = 0.1) -> dict[str, Rating]:
     """Update the ratings of the peers in ``scores`` from one match ranked by score (higher wins).
     Peers without a rating start at ``(mu, sigma)``. Returns the new ratings of the players only."""
-    from openskill.models import PlackettLuce
+    from openskill.models import PlackettLuce  # deferred: the [node] extra
 
     players = sorted(scores)
     if len(players) < 2:

@@ -1,4 +1,4 @@
-"""The score formulas, each a pure function of numbers (PROTOCOL §4)."""
+"""The score formulas, each a pure function of numbers (docs/protocol.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Combining the peers' compressed updates and applying the outer step (PROTOCOL §3).
+"""Combining the peers' compressed updates and applying the outer step (docs/protocol.md §3).
 
 Per tensor, with P peers in a canonical order:
 
@@ -180,6 +180,25 @@ def aggregate_stream(
         raise ValueError("aggregate needs at least one peer's update")
     if combine not in ("mean", "scatter_mean"):
         raise ValueError(f"combine must be 'mean' or 'scatter_mean', not {combine!r}")
+    names, layouts, norms, small = _norms_pass(load, count)
+    out = {n: aggregate_tensor(parts, combine, clip_to_median, None if rows is None else rows[n])
+           for n, parts in small.items()}
+    big = [n for n in names if n not in small]
+    scales = {n: clip_scales(torch.stack(norms[n]), clip_to_median) for n in big}
+    spans: dict[str, tuple[int, int, int, int]] = {}
+    for n in big:
+        start, stop = rows[n] if rows is not None else (0, layouts[n].shape[0])
+        spans[n] = (start, stop, *layouts[n].tile_rows_of(start, stop))
+    sums = _sums_pass(load, count if big else 0, big, layouts, spans, scales, combine)
+    for n in big:
+        lay, (start, stop, t0, t1) = layouts[n], spans[n]
+        out[n] = _rows_of(lay, sums[n], t0, t1, start, stop).reshape((stop - start, *lay.shape[1:]))
+    return {n: out[n] for n in names}
+
+
+def _norms_pass(load: Callable[[int], Mapping[str, CompressedTensor]], count: int):
+    """First pass: the tensor names and layouts all peers share (else InvalidMessage), each peer's
+    value norm per tensor, and the parts of small tensors (aggregated all at once)."""
     names: list[str] | None = None
     layouts: dict[str, object] = {}
     norms: dict[str, list[torch.Tensor]] = {}
@@ -200,19 +219,17 @@ def aggregate_stream(
             if n in small:
                 small[n].append(update[n])
         del update
-    out = {n: aggregate_tensor(parts, combine, clip_to_median, None if rows is None else rows[n])
-           for n, parts in small.items()}
-    big = [n for n in names if n not in small]
-    scales = {n: clip_scales(torch.stack(norms[n]), clip_to_median) for n in big}
+    return names, layouts, norms, small
+
+
+def _sums_pass(load: Callable[[int], Mapping[str, CompressedTensor]], count: int, big: list[str],
+               layouts: Mapping[str, object], spans: Mapping[str, tuple[int, int, int, int]],
+               scales: Mapping[str, torch.Tensor], combine: str) -> dict[str, torch.Tensor]:
+    """Second pass: each peer's clipped values folded into per-chunk sums of the tile rows in
+    ``spans``, peer by peer; the combined chunks of every tensor in ``big``."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, torch.Tensor] = {}
-    spans: dict[str, tuple[int, int, int, int]] = {}
-    for n in big:
-        lay = layouts[n]
-        start, stop = rows[n] if rows is not None else (0, lay.shape[0])
-        t0, t1 = lay.tile_rows_of(start, stop)
-        spans[n] = (start, stop, t0, t1)
-    for p in range(count if big else 0):
+    for p in range(count):
         update = load(p)
         for n in big:
             ct, (_, _, t0, t1) = update[n], spans[n]
@@ -229,8 +246,7 @@ def aggregate_stream(
                 sums[n].scatter_add_(1, idx, vals * scales[n][p])
                 counts[n].scatter_add_(1, idx, torch.ones_like(vals))
         del update
-    for n in big:
-        lay, (start, stop, t0, t1) = layouts[n], spans[n]
-        total = sums[n].div_(counts[n].clamp_min_(1)) if combine == "scatter_mean" else sums[n]
-        out[n] = _rows_of(lay, total, t0, t1, start, stop).reshape((stop - start, *lay.shape[1:]))
-    return {n: out[n] for n in names}
+    if combine == "scatter_mean":
+        for n in sums:
+            sums[n].div_(counts[n].clamp_min_(1))
+    return sums

@@ -1,4 +1,4 @@
-"""One tensor's compressed form, and how it is made from an error-feedback buffer (PROTOCOL §2.5–2.6).
+"""One tensor's compressed form, and how it is made from an error-feedback buffer (docs/protocol.md §2.5–2.6).
 
 A :class:`CompressedTensor` is what a message carries for one tensor, unpacked: for sparse tensors
 the chunk-local indices of the kept values (ascending within each chunk), their codes and the lookup

@@ -16,11 +16,6 @@ def mean_delta(deltas: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.
     return {n: torch.stack([d[n] for d in deltas]).float().mean(dim=0) for n in deltas[0]}
 
 
-def dense_bytes(delta: Mapping[str, torch.Tensor]) -> int:
-    """Bytes DiLoCo sends per peer per outer step: fp32 values of every tensor."""
-    return sum(4 * t.numel() for t in delta.values())
-
-
 class DiLoCoOuter:
     """Outer Nesterov-SGD over a model's parameters, fed with the averaged Δ as the gradient."""
 

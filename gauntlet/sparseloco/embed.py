@@ -54,14 +54,18 @@ class SyncReport:
     seconds: float
 
 
+def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
 class _OuterLoop:
     """Shared mechanics: parameter anchor θ₀, step counting, the optimiser hook, state."""
 
-    def __init__(self, model: torch.nn.Module, inner_optimizer: torch.optim.Optimizer, transport: Transport,
-                 inner_steps: int, hook: bool) -> None:
+    def __init__(self, params: dict[str, torch.Tensor], inner_optimizer: torch.optim.Optimizer,
+                 transport: Transport | None, inner_steps: int, hook: bool) -> None:
         if inner_steps < 1:
             raise ValueError("inner_steps must be at least 1")
-        self.params = self._named_tensors(model)
+        self.params = params  # the tensors the outer step writes: whole parameters, or this rank's shards
         self.anchor = {n: p.detach().clone() for n, p in self.params.items()}
         self.transport = transport
         self.inner_steps = inner_steps
@@ -69,9 +73,6 @@ class _OuterLoop:
         self.outer_steps = 0
         self.last_report: SyncReport | None = None
         self._hook = inner_optimizer.register_step_post_hook(lambda *_: self.step()) if hook else None
-
-    def _named_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def step(self) -> SyncReport | None:
         """Count one inner step; run the outer step when ``inner_steps`` have passed."""
@@ -88,8 +89,7 @@ class _OuterLoop:
         sent, received = self._communicate_and_apply(delta)
         for n, p in self.params.items():
             self.anchor[n].copy_(p)
-        peers = self.exchange.replicas if getattr(self, "exchange", None) is not None else self.transport.world_size
-        self.last_report = SyncReport(self.outer_steps, peers, sent, received, time.perf_counter() - t0)
+        self.last_report = SyncReport(self.outer_steps, self._peers(), sent, received, time.perf_counter() - t0)
         self.outer_steps += 1
         return self.last_report
 
@@ -99,6 +99,10 @@ class _OuterLoop:
 
     def _communicate_and_apply(self, delta: dict[str, torch.Tensor]) -> tuple[int, int]:
         raise NotImplementedError
+
+    def _peers(self) -> int:
+        """How many updates one outer step combines."""
+        return self.transport.world_size
 
     def close(self) -> None:
         """Detach from the inner optimiser."""
@@ -131,15 +135,16 @@ class SparseLoCo(_OuterLoop):
             raise ConfigError("give SparseLoCo either a transport (unsharded model) or a 2-D mesh (sharded model)")
         self.spec = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
         self.mesh, self.exchange = mesh, None
+        params = trainable(model)
         if mesh is not None:
+            # deferred: FSDP and DTensor support loads only for a sharded trainer
             from gauntlet.parallel.fsdp import check_sharding, local_tensors
             from gauntlet.parallel.hsdp import ReplicaExchange, check_mesh
 
             check_mesh(mesh)
-            params = {n: p for n, p in model.named_parameters() if p.requires_grad}
             check_sharding(params, mesh["shard"].size(), mesh["shard"].get_local_rank(), mesh=mesh["shard"])
-            self._local = local_tensors(params)
-        super().__init__(model, inner_optimizer, transport, inner_steps, hook)
+            params = local_tensors(params)  # this rank's shards (writes go to the parameters)
+        super().__init__(params, inner_optimizer, transport, inner_steps, hook)
         self.config = config or SparseLoCoConfig()
         self.run = run
         self.signer = signer
@@ -150,10 +155,8 @@ class SparseLoCo(_OuterLoop):
         else:
             self.error_feedback = ErrorFeedback(self.spec, self.config, device)
 
-    def _named_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        if getattr(self, "_local", None) is not None:
-            return self._local  # this rank's shards (writes go to the parameters)
-        return super()._named_tensors(model)
+    def _peers(self) -> int:
+        return self.exchange.replicas if self.exchange is not None else self.transport.world_size
 
     def _communicate_and_apply(self, delta: dict[str, torch.Tensor]) -> tuple[int, int]:
         cfg = self.config
@@ -189,7 +192,7 @@ class DiLoCo(_OuterLoop):
 
     def __init__(self, model: torch.nn.Module, inner_optimizer: torch.optim.Optimizer, transport: Transport, *,
                  inner_steps: int = 30, config: DiLoCoConfig | None = None, hook: bool = True) -> None:
-        super().__init__(model, inner_optimizer, transport, inner_steps, hook)
+        super().__init__(trainable(model), inner_optimizer, transport, inner_steps, hook)
         self.outer = DiLoCoOuter(self.params, config or DiLoCoConfig())
 
     def _communicate_and_apply(self, delta: dict[str, torch.Tensor]) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Error feedback (PROTOCOL §2.4): the residual a peer keeps between windows.
+"""Error feedback (docs/protocol.md §2.4): the residual a peer keeps between windows.
 
     e ← β·e + η·Δ;   m = Q(TopK(e));   e ← e − decode(m)
 

@@ -1,4 +1,4 @@
-"""Model fingerprints: a hash of the weights that lets any node check it is in sync (PROTOCOL §3).
+"""Model fingerprints: a hash of the weights that lets any node check it is in sync (docs/protocol.md §3).
 
 ``fingerprint = sha256( for each tensor in name order: "name|dtype|shape|" + leaf digests )`` where
 a tensor of rank ≥ 2 has one leaf per dim-0 row (``sha256`` of the row's bytes) and a smaller tensor

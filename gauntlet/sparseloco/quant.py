@@ -1,4 +1,4 @@
-"""Uniform quantisation with a per-bin-mean lookup table (PROTOCOL §2.6).
+"""Uniform quantisation with a per-bin-mean lookup table (docs/protocol.md §2.6).
 
 The kept values of one tensor are coded on ``bits`` bits. Bins are uniform, ``width = range_sigmas
 * σ / 2**bits`` wide, symmetric about the mean μ of the values (so the code boundary at μ preserves

@@ -152,7 +152,7 @@ def make_plan(shape: tuple[int, ...] | torch.Size, cfg: SparseLoCoConfig, world:
 
 
 class ShardedErrorFeedback:
-    """Error feedback for the shards one rank holds of a set of tensors (PROTOCOL §2.4).
+    """Error feedback for the shards one rank holds of a set of tensors (docs/protocol.md §2.4).
 
     ``shapes`` are the whole tensors' shapes; the buffers hold this rank's rows (float32, shaped
     like the parameter shard). :meth:`compress` is collective: every rank calls it with its rows of

@@ -332,35 +332,45 @@ def decode_message(
     _check(set(meta) <= {"gauntlet", "signature"}, "unexpected metadata keys")
     head = parse_header(meta["gauntlet"], max_tensors, max_numel)
 
-    _check(expected_window is None or head.window == expected_window,
-           f"message is for window {head.window}, expected {expected_window}")
-    _check(expected_run is None or head.run == expected_run, "message is for another run (run hash differs)")
-    _check(expected_hotkey is None or head.hotkey == expected_hotkey, "message was sent by another hotkey")
-    _check(expected_codec is None or head.codec == codec_params(expected_codec),
-           "codec parameters differ from the run's")
-    if spec is not None:
-        want = {n: tuple(int(d) for d in s) for n, s in spec.items()}
-        _check(head.shapes.keys() == want.keys(), "message tensors differ from the model's")
-        _check(head.shapes == want, "a tensor's shape differs from the model's")
-
+    _check_expectations(head, spec, expected_window, expected_run, expected_hotkey, expected_codec)
     cfg = SparseLoCoConfig(**head.codec)
     layouts, parts = _expected_parts(head.shapes, cfg)
     _check_entries(header, parts, len(data) - start)
-
     digest = signing_digest(meta["gauntlet"])
-    signature = None
-    if "signature" in meta:
-        sig_hex = meta["signature"]
-        if not (isinstance(sig_hex, str) and len(sig_hex) == 128 and set(sig_hex) <= _HEX):
-            raise SignatureError("signature must be 128 lowercase hex characters")
-        signature = bytes.fromhex(sig_hex)
-        if not verify(head.hotkey, digest, signature):
-            raise SignatureError(f"signature does not verify for hotkey {head.hotkey}")
-    elif require_signature:
-        raise SignatureError("message is not signed")
+    signature = _check_signature(head, meta, digest, require_signature, verify)
     if hashlib.sha256(memoryview(data)[start:]).hexdigest() != head.payload_sha256:
         raise InvalidMessage("payload does not match its sha256 in the header (corrupt or tampered)")
 
     buf = bytearray(data)  # owned, writable copy that the unpacked tensors view
     tensors = _unpack(buf, start, header, layouts, cfg)
     return Message(head, tensors, digest, signature, len(data), buf)
+
+
+def _check_expectations(head: MessageHeader, spec: Mapping[str, tuple[int, ...] | torch.Size] | None,
+                        window: int | None, run: str | None, hotkey: str | None,
+                        codec: SparseLoCoConfig | None) -> None:
+    """The header against what the receiver expects (None: anything)."""
+    _check(window is None or head.window == window, f"message is for window {head.window}, expected {window}")
+    _check(run is None or head.run == run, "message is for another run (run hash differs)")
+    _check(hotkey is None or head.hotkey == hotkey, "message was sent by another hotkey")
+    _check(codec is None or head.codec == codec_params(codec), "codec parameters differ from the run's")
+    if spec is not None:
+        want = {n: tuple(int(d) for d in s) for n, s in spec.items()}
+        _check(head.shapes.keys() == want.keys(), "message tensors differ from the model's")
+        _check(head.shapes == want, "a tensor's shape differs from the model's")
+
+
+def _check_signature(head: MessageHeader, meta: dict, digest: bytes, required: bool,
+                     verify: Callable[[str, bytes, bytes], bool]) -> bytes | None:
+    """The signature's bytes after checking it signs ``digest`` for the sender (None: unsigned and allowed)."""
+    if "signature" not in meta:
+        if required:
+            raise SignatureError("message is not signed")
+        return None
+    sig_hex = meta["signature"]
+    if not (isinstance(sig_hex, str) and len(sig_hex) == 128 and set(sig_hex) <= _HEX):
+        raise SignatureError("signature must be 128 lowercase hex characters")
+    signature = bytes.fromhex(sig_hex)
+    if not verify(head.hotkey, digest, signature):
+        raise SignatureError(f"signature does not verify for hotkey {head.hotkey}")
+    return signature

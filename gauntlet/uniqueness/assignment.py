@@ -1,4 +1,4 @@
-"""Deterministic data assignment (PROTOCOL §5).
+"""Deterministic data assignment (docs/protocol.md §5).
 
 The sequences a peer must train on in a window are a pure function of the run seed, its hotkey and
 the window, so any validator can recompute them. The hash, version 1::

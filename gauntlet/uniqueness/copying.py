@@ -1,4 +1,4 @@
-"""Copy detection across all gathered peers (PROTOCOL §4), vectorised.
+"""Copy detection across all gathered peers (docs/protocol.md §4), vectorised.
 
 Every kept value of every peer gets a global key (tensor offset + chunk · chunk_size + index). After
 one sort of all keys, entries at the same position are adjacent; comparing each entry with the one

@@ -13,8 +13,8 @@ from gauntlet.identity import Identity
 from gauntlet.models import build_model
 from gauntlet.parallel.world import exit_now, init_world, launched_by_torchrun, shutdown
 from gauntlet.storage import BucketCard, FileStore
-from peers.engine import ModelEngine
-from peers.node import NodeOptions
+from peers.node.engine import ModelEngine
+from peers.node.base import NodeOptions
 from peers.validator import Validator
 
 SETTINGS = ["inner.steps=2", "train.batch_size=4", "data.seq_len=64", "timing.blocks_per_window=10",
@@ -35,7 +35,7 @@ def main(net: Path, data: Path, out: Path) -> None:
                   NodeOptions(run_dir=out / "state", data_dir=data, card=BucketCard("file", str(store.root)),
                               allow_local_cards=True, world=world), eval_secret=b"fixed secret")
     record = v.evaluate_window(0)
-    sample = v.engine.weight_sample(64, 0)
+    sample = v.engine.measure.weight_sample(64, 0)
     v.engine.stop()
     scores = [json.loads(line) for line in (out / "state" / "scores.jsonl").read_text().splitlines()]
     aggregate = (net / "validator").rglob("0000000000/aggregate.safetensors")

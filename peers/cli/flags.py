@@ -1,0 +1,131 @@
+"""The flags ``gauntlet peer``, ``gauntlet validate`` and ``gauntlet doctor`` share, and what they open: config,
+identity, chain, store and the bucket card to publish."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gauntlet.chain import open_chain
+from gauntlet.config import load_config
+from gauntlet.errors import ConfigError
+from gauntlet.identity import Identity
+from gauntlet.storage import BucketCard, FileStore, open_store
+
+
+def add_node_arguments(p: argparse.ArgumentParser, role: str) -> dict[str, argparse._ArgumentGroup]:
+    """Configuration, identity, chain, storage and running flags; returns the groups by name so the
+    caller can add its own flags to them."""
+    groups = {}
+    g = groups["configuration"] = p.add_argument_group("configuration")
+    g.add_argument("--config", metavar="FILE", help="TOML or JSON file with run and protocol settings")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one setting, e.g. --set inner.steps=10 (repeatable)")
+    g = groups["identity"] = p.add_argument_group(
+        "identity (a bittensor wallet's hotkey, or a throwaway key for local networks)")
+    g.add_argument("--wallet.name", dest="wallet_name", help="bittensor wallet (coldkey) name")
+    g.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default", help="hotkey name in the wallet")
+    g.add_argument("--wallet.path", dest="wallet_path", help="wallets directory (default ~/.bittensor/wallets)")
+    g.add_argument("--identity-seed", help="derive a throwaway hotkey from this text (local networks only)")
+    g = groups["chain"] = p.add_argument_group("chain")
+    g.add_argument("--chain", help="chain URL: local:///path/chain.db[?block_time=S] or bittensor://NETWORK/NETUID; "
+                   "default: built from --subtensor.network and --netuid")
+    g.add_argument("--subtensor.network", dest="network", default="finney", help="bittensor network or ws:// URL")
+    g.add_argument("--netuid", type=int, help="subnet id (with --subtensor.network)")
+    g.add_argument("--register", action="store_true",
+                   help="register the hotkey (local:// chains only)" if role == "peer" else
+                   "register the hotkey with a validator permit and stake 1000 (local:// chains only)")
+    g = groups["storage"] = p.add_argument_group("storage")
+    g.add_argument("--storage", required=True, help=f"where this {role} writes: file:///dir or "
+                   "s3://bucket?endpoint_url=...&region=... (write credentials from the AWS environment or below)")
+    g.add_argument("--storage.access-key", dest="access_key", help="write access key id (default: $AWS_ACCESS_KEY_ID)")
+    g.add_argument("--storage.secret-key", dest="secret_key", help="write secret key (default: $AWS_SECRET_ACCESS_KEY)")
+    g.add_argument("--storage.read-access-key", dest="read_key",
+                   help="READ-ONLY key id published on chain for others (default: $GAUNTLET_READ_ACCESS_KEY)")
+    g.add_argument("--storage.read-secret-key", dest="read_secret",
+                   help="READ-ONLY secret published on chain (default: $GAUNTLET_READ_SECRET_KEY)")
+    g.add_argument("--allow-local-cards", action="store_true",
+                   help="accept other nodes' file:// and loopback buckets (local networks only)")
+    g = groups["running"] = p.add_argument_group("running")
+    g.add_argument("--run-dir", type=Path, default=Path(f"runs/{role}"), help="local state and logs")
+    g.add_argument("--data-dir", type=Path, help="prepared datasets cache (default ~/.cache/gauntlet/data)")
+    g.add_argument("--until-window", type=int, help="stop after this window (default: run forever)")
+    g.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    g.add_argument("--retain", type=int, default=0, metavar="K",
+                   help="keep the last K windows of what this node publishes in its bucket (messages, fingerprints, "
+                        "aggregates, peer lists) and its last K checkpoints, deleting older ones; 0 keeps everything. "
+                        "A peer keeps at least 3, a validator at least validator.checkpoint_every + 3")
+    g = groups["monitoring"] = p.add_argument_group("monitoring")
+    g.add_argument("--metrics.port", dest="metrics_port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on /metrics and a health check on /healthz (200 while the node "
+                        "keeps up with the chain, 503 with the reason when it is a window or more behind)")
+    g.add_argument("--metrics.addr", dest="metrics_addr", default="127.0.0.1",
+                   help="address to serve metrics on (loopback by default; 0.0.0.0 exposes them)")
+    g.add_argument("--wandb.project", dest="wandb_project", metavar="NAME",
+                   help="also log each window's metrics to Weights & Biases (offline when WANDB_MODE=offline)")
+    g = groups["devices"] = p.add_argument_group(
+        "devices (one process, or N processes with the model sharded over them by FSDP2)")
+    g.add_argument("--nproc", type=int, metavar="N",
+                   help="run on N processes: starts `torchrun --standalone --nproc_per_node N` with these same "
+                        "arguments (one process per GPU; gloo on CPU). Equivalent to launching with torchrun yourself")
+    g.add_argument("--dist-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds a collective may wait for the other ranks before this node stops with an error")
+    return groups
+
+
+def identity_from_args(args):
+    if args.identity_seed and args.wallet_name:
+        raise ConfigError("give either --wallet.name or --identity-seed, not both")
+    if args.identity_seed:
+        return Identity.from_seed(args.identity_seed)
+    if args.wallet_name:
+        try:
+            return Identity.from_wallet(args.wallet_name, args.wallet_hotkey, args.wallet_path)
+        except Exception as exc:  # the SDK raises several error types for missing or locked keys
+            raise ConfigError(
+                f"cannot load hotkey {args.wallet_hotkey!r} of wallet {args.wallet_name!r}: {exc}") from exc
+    raise ConfigError("no identity: pass --wallet.name/--wallet.hotkey (or --identity-seed on a local network)")
+
+
+def card_for(store, args):
+    if isinstance(store, FileStore):
+        return BucketCard("file", str(store.root))
+    read_key = args.read_key or os.environ.get("GAUNTLET_READ_ACCESS_KEY")
+    read_secret = args.read_secret or os.environ.get("GAUNTLET_READ_SECRET_KEY")
+    if not read_key or not read_secret:
+        raise ConfigError("an s3:// store needs a read-only key to publish: --storage.read-access-key and "
+                          "--storage.read-secret-key (or $GAUNTLET_READ_ACCESS_KEY / $GAUNTLET_READ_SECRET_KEY)")
+    return BucketCard("s3", store.endpoint_url or "", store.bucket, store.region or "", read_key, read_secret)
+
+
+def setup_logging(quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler  # deferred: rich comes with the [node] extra
+
+        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def open_node(args, role: str):
+    """Config, identity, chain (registered when asked), store and its card, from the common flags."""
+    setup_logging(args.quiet)
+    cfg = load_config(args.config, args.overrides)
+    identity = identity_from_args(args)
+    if args.chain is None and args.netuid is None:
+        raise ConfigError("no chain: pass --chain URL, or --netuid (with --subtensor.network)")
+    chain = open_chain(args.chain or f"bittensor://{args.network}/{args.netuid}")
+    if args.register:
+        if not hasattr(chain, "register"):
+            raise ConfigError("--register works on local:// chains only; register on Bittensor with btcli")
+        if role == "validator":
+            chain.register(identity.hotkey, stake=1000.0, validator_permit=True)
+        else:
+            chain.register(identity.hotkey)
+    store = open_store(args.storage, access_key=args.access_key or os.environ.get("AWS_ACCESS_KEY_ID"),
+                       secret_key=args.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    return cfg, identity, chain, store, card_for(store, args)

@@ -1,0 +1,147 @@
+"""Launching a node: on this process, or supervising a ``torchrun`` job (``--nproc N``) whose rank 0
+runs the node while the other ranks serve its model operations; signals turn into a clean stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from gauntlet.config import load_config
+from gauntlet.errors import ConfigError
+from peers.cli.flags import open_node
+
+# Imports of torch and the node code (gauntlet.parallel, gauntlet.data, gauntlet.models, peers.node) are
+# deferred into the functions that start a node: `gauntlet --help` and flag errors stay instant.
+
+
+@contextmanager
+def stop_on_signals(node):
+    """While the node runs, SIGTERM (a service manager stopping it) and SIGINT (Ctrl-C) ask it to stop
+    at its next wait, which it does within a fraction of a second when idle; its state is saved after
+    every window. A second signal stops it at once."""
+    def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if node.clock.stop_requested:
+            raise KeyboardInterrupt
+        logging.getLogger("gauntlet.node").info("%s received: stopping at the next safe point "
+                                                "(send it again to stop at once)", name)
+        node.clock.request_stop(f"{name} received")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield node
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+EXIT_FILE_ENV = "GAUNTLET_EXIT_FILE"  # where rank 0 says it stopped cleanly (for the --nproc supervisor)
+
+
+def spawn_torchrun(nproc: int) -> int:
+    """``torchrun --standalone --nproc_per_node N -m peers.cli <same args>`` as a child, supervised:
+    SIGTERM / Ctrl-C are passed on (rank 0 then stops at its next wait and releases the others), and
+    the exit status is 0 when rank 0 stopped cleanly — torchrun itself reports any signal as a failure."""
+    from gauntlet.parallel.world import die_with_parent  # deferred: torch (see the top of this module)
+
+    if nproc < 1:
+        raise ConfigError("--nproc must be at least 1")
+    rest, skip = [], False
+    for arg in sys.argv[1:]:  # torchrun's own parser would take --nproc for its --nproc-per-node
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "peers.cli", *rest]
+    with tempfile.TemporaryDirectory(prefix="gauntlet-") as tmp:
+        exit_file = Path(tmp) / "exit"
+        proc = subprocess.Popen(argv, env={**os.environ, EXIT_FILE_ENV: str(exit_file)}, preexec_fn=die_with_parent)
+        stopping: list[int] = []
+
+        def forward(signum, _frame):
+            stopping.append(signum)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            code = proc.wait()
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        clean = exit_file.exists() and exit_file.read_text().strip() == "0"
+    if code == 0 or (stopping and clean):
+        return 0
+    return code if code > 0 else 1
+
+
+def run_node(args, role: str, start) -> int:
+    """Run a node on this process, or on the ranks of a torchrun job: rank 0 opens the chain and the
+    store and runs ``start(cfg, identity, chain, store, card, world)``; every other rank builds the
+    same model, shards it, and serves rank 0's engine operations until rank 0 stops."""
+    from gauntlet.parallel.world import exit_now, init_world, launched_by_torchrun, shutdown  # deferred: torch
+
+    if not launched_by_torchrun():
+        if args.nproc:
+            return spawn_torchrun(args.nproc)
+        return start(*open_node(args, role), None)
+    cfg = load_config(args.config, args.overrides)
+    world = init_world(cfg.model.device, args.dist_timeout)
+    try:
+        if args.nproc and args.nproc != world.size:
+            raise ConfigError(f"--nproc {args.nproc} but torchrun started {world.size} processes")
+        if cfg.train.batch_size % world.size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be a multiple of the {world.size} ranks "
+                              f"(each rank trains an equal share of every batch)")
+        if world.main:
+            opened = open_node(args, role)
+            _prepare_data(cfg, args)
+            _barrier(world)
+            code = start(*opened, world)
+            if os.environ.get(EXIT_FILE_ENV):
+                Path(os.environ[EXIT_FILE_ENV]).write_text(str(code))
+        else:
+            _serve(cfg, args, world, train=role == "peer")
+            code = 0
+    finally:
+        shutdown(world)
+    exit_now(code)
+    return code
+
+
+def _prepare_data(cfg, args):
+    """The (train, validation) datasets; text sources are tokenised into the cache once."""
+    from gauntlet.data import open_dataset  # deferred: torch (see the top of this module)
+    from peers.node.data import default_data_dir
+
+    return open_dataset(cfg.data, args.data_dir or default_data_dir())
+
+
+def _barrier(world) -> None:
+    import torch.distributed as dist  # deferred: torch (see the top of this module)
+
+    dist.barrier(group=world.control)
+
+
+def _serve(cfg, args, world, train: bool) -> None:
+    """A rank other than 0: no chain, no storage, no wallet; the model's shards and rank 0's commands."""
+    from gauntlet.models import build_model  # deferred: torch (see the top of this module)
+    from peers.node.engine import ModelEngine
+
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank {world.rank} %(levelname)s %(name)s: "
+                        "%(message)s")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0 decides when to stop, and tells the others
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _barrier(world)  # rank 0 has prepared the data
+    vocab = _prepare_data(cfg, args)[0].vocab_size
+    model = build_model(cfg.model, vocab, cfg.data.seq_len, seed=cfg.seed)
+    ModelEngine(cfg, model, world, train=train).serve()

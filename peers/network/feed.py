@@ -1,0 +1,82 @@
+"""What the followed validator publishes for the others — its peer list for each window, the
+aggregates it applied and its checkpoints — read from its bucket and checked (signature, run, window,
+shapes) before anything is used."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import torch
+
+from gauntlet.errors import InvalidMessage, ObjectNotFound, StorageError
+from gauntlet.storage import ObjectStore, keys
+from peers.network.artefacts import decode_artefact
+from peers.network.directory import Directory
+from peers.network.peer_list import MAX_BYTES as PEER_LIST_MAX_BYTES
+from peers.network.peer_list import PeerList, decode_peer_list
+
+log = logging.getLogger("gauntlet.node")
+Source = tuple[str, ObjectStore]  # a validator's hotkey and its store
+
+
+class ValidatorFeed:
+    def __init__(self, directory: Directory, *, run: str, run_hash: str, spec: Mapping[str, tuple[int, ...]],
+                 max_bytes: int, list_deadline: Callable[[int], float], trusted: str | None = None) -> None:
+        self.directory, self.run, self.run_hash, self.spec = directory, run, run_hash, spec
+        self.max_bytes = max_bytes  # an artefact's size limit
+        self.list_deadline = list_deadline  # window -> the store time by which its peer list must exist
+        self.trusted = trusted  # follow this validator only (default: the highest stake)
+
+    def source(self) -> Source | None:
+        return self.directory.validator(self.trusted)
+
+    def artefact(self, source: Source, kind: str, key: str, window: int | None) -> tuple[dict, dict[str, torch.Tensor]]:
+        """A signed aggregate or checkpoint from ``source``: (header, tensors)."""
+        hotkey, store = source
+        data = store.get(key, max_bytes=self.max_bytes)
+        return decode_artefact(data, kind=kind, run=self.run_hash, window=window, trusted={hotkey}, spec=self.spec,
+                               max_bytes=self.max_bytes)
+
+    def peer_list(self, window: int) -> PeerList | None:
+        """The followed validator's list for ``window`` if it published one in time (see
+        :meth:`peers.node.clock.WindowClock.list_deadline`). Raises StorageError when the validator's
+        store cannot be read (the caller cannot know whether a list exists)."""
+        source = self.source()
+        if source is None:
+            return None
+        try:
+            data, info = source[1].read(keys.peer_list(self.run, window), max_bytes=PEER_LIST_MAX_BYTES)
+            listed = decode_peer_list(data, run=self.run_hash, window=window, trusted={source[0]})
+        except ObjectNotFound:
+            return None
+        except InvalidMessage as exc:
+            log.warning("window %d: unusable peer list from %s: %s", window, source[0][:12], exc)
+            return None
+        if info.last_modified > self.list_deadline(window):
+            log.info("window %d: the validator's peer list came %.1f s late; every valid message counts", window,
+                     info.last_modified - self.list_deadline(window))
+            return None
+        return listed
+
+    def aggregate(self, window: int) -> dict[str, torch.Tensor] | None:
+        """The aggregate the followed validator applied for ``window`` (None: none usable yet)."""
+        source = self.source()
+        if source is None:
+            return None
+        try:
+            return self.artefact(source, "aggregate", keys.aggregate(self.run, window), window)[1]
+        except ObjectNotFound:
+            return None
+        except (StorageError, InvalidMessage) as exc:
+            log.warning("window %d: unusable aggregate from validator %s: %s", window, source[0][:12], exc)
+            return None
+
+    def checkpoints(self, source: Source) -> list[int]:
+        """The windows of the checkpoints ``source`` holds, oldest first (empty when unreadable)."""
+        try:
+            found = [keys.parse(o.key) for o in source[1].list(keys.run_prefix(self.run) + "checkpoints/")]
+        except StorageError as exc:
+            log.warning("cannot list checkpoints of validator %s: %s", source[0], exc)
+            return []
+        return sorted(p.window for p in found if p is not None and p.kind == "checkpoint")

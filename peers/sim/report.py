@@ -1,0 +1,192 @@
+"""The run directory a simulation leaves: ``summary.json``, ``metrics.jsonl``, and ``report.md`` with its
+PNG plots, readable without the code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from gauntlet.config import GauntletConfig  # noqa: E402
+from peers.sim.scenario import Scenario  # noqa: E402
+from peers.sim.summary import WindowView, flagged_reasons  # noqa: E402
+
+
+def _integer_windows(*axes) -> None:
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _style(behaviour: str) -> dict:
+    return {"linestyle": "-", "linewidth": 1.8} if behaviour == "honest" else {"linestyle": "--", "linewidth": 1.2}
+
+
+def _save(fig, ax, path: Path, legend: bool) -> None:
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _integer_windows(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_loss(views, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot([v.window for v in views], [v.val_loss for v in views], marker="o", color="tab:blue")
+    ax.set(xlabel="window", ylabel="validation loss (nats/token)", title="Validation loss of the shared model")
+    _save(fig, ax, path, legend=False)
+
+
+def _set_after(views) -> str:
+    window = views[-1].weights_window if views else None
+    return " (none were set)" if window is None else f", set after window {window}"
+
+
+def plot_weights(views, behaviours: dict[str, str], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    windows = [v.window for v in views]
+    for name, spec in behaviours.items():
+        ax.plot(windows, [v.weights.get(name, 0.0) for v in views], label=name, **_style(spec))
+    ax.set(xlabel="window", ylabel="weight on chain", title="Weights set by the validator (solid: honest)")
+    _save(fig, ax, path, legend=True)
+
+
+def plot_ratings(views, behaviours: dict[str, str], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    windows = [v.window for v in views]
+    for name, spec in behaviours.items():
+        mu = [float(v.peers.get(name, {}).get("mu", 25.0)) for v in views]
+        sigma = [float(v.peers.get(name, {}).get("sigma", 25 / 3)) for v in views]
+        line, = ax.plot(windows, mu, label=name, **_style(spec))
+        ax.fill_between(windows, [m - s for m, s in zip(mu, sigma)], [m + s for m, s in zip(mu, sigma)],
+                        color=line.get_color(), alpha=0.08)
+    ax.set(xlabel="window", ylabel="OpenSkill μ (band: ±σ)", title="Ratings with their uncertainty")
+    _save(fig, ax, path, legend=True)
+
+
+FACTORS = [("ma", "moving average (uniqueness)"), ("sync", "sync score"), ("penalty", "penalty factor"),
+           ("final", "final score")]
+
+
+def plot_factors(views, behaviours: dict[str, str], path: Path) -> None:
+    adversaries = [n for n, s in behaviours.items() if s != "honest"]
+    honest = [n for n, s in behaviours.items() if s == "honest"]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    windows = [v.window for v in views]
+    for ax, (key, title) in zip(axes.flat, FACTORS):
+        if honest:
+            values = [[float(v.peers.get(n, {}).get(key, 0.0)) for n in honest] for v in views]
+            ax.plot(windows, [sum(row) / len(row) for row in values], color="black", linewidth=2.2,
+                    label="honest (mean)")
+        for name in adversaries:
+            ax.plot(windows, [float(v.peers.get(name, {}).get(key, 0.0)) for v in views], label=name, linestyle="--")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    _integer_windows(*axes.flat)
+    axes[1][0].set_xlabel("window")
+    axes[1][1].set_xlabel("window")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=5)
+    fig.suptitle("Score factors of each adversary, against the honest mean")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(scenario: Scenario, views: list[WindowView], summary: dict, cfg: GauntletConfig,
+                  parameters: int) -> None:
+    """The run directory: ``summary.json``, ``metrics.jsonl`` (one line per window), ``report.md`` and its plots."""
+    out = scenario.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out / "metrics.jsonl", "w", encoding="utf-8") as fh:
+        for v in views:
+            fh.write(json.dumps({"window": v.window, "val_loss": v.val_loss, "weights": v.weights, "peers": v.peers,
+                                 "phase_s": v.phase_s}) + "\n")
+    write_report(out, scenario, views, summary, cfg, parameters)
+
+
+def write_report(out: Path, scenario: Scenario, views: list[WindowView], summary: dict, cfg: GauntletConfig,
+                 parameters: int) -> None:
+    """``report.md`` and its four plots."""
+    behaviours = scenario.nodes()
+    plot_loss(views, out / "loss.png")
+    plot_weights(views, behaviours, out / "weights.png")
+    plot_ratings(views, behaviours, out / "ratings.png")
+    plot_factors(views, behaviours, out / "factors.png")
+    (out / "report.md").write_text(_headline(scenario, views, summary, cfg, parameters) + EXPLAINED)
+
+
+def _headline(scenario: Scenario, views: list[WindowView], summary: dict, cfg: GauntletConfig, parameters: int) -> str:
+    """The report's opening: what ran, the figures that matter, and who got paid."""
+    rows = "\n".join(
+        f"| {p['name']} | {p['behaviour']} | {p['weight']:.4f} | {p['ordinal']:.2f} | {p['final_score']:.3f} | "
+        f"{'yes' if p['flagged'] else 'no'} | {', '.join(flagged_reasons(views, p['name'])) or '—'} |"
+        for p in sorted(summary["peers"], key=lambda p: -p["weight"]))
+    loss = summary["loss"]
+    return f"""# Gauntlet simulation report
+
+{scenario.honest} honest peers and {len(scenario.adversaries)} adversaries trained the `{cfg.model.preset}` model for
+{summary['windows']} windows ({scenario.mode} mode, seed {scenario.seed}) in {summary['wall_s']:.0f} s.
+One validator scored them with Gauntlet and set weights on chain every {cfg.validator.weights_every} windows
+and at the last one (`{cfg.validator.policy}` policy).
+
+- Validation loss: **{loss[0]:.3f} → {loss[-1]:.3f}** (nats per token; the model starts at about ln(vocabulary)).
+- Honest peers' share of the weight: **{summary['honest_weight_share']:.1%}**.
+- Each update was **{summary['bytes_per_message']:,.0f} bytes** on the wire, against
+  {4 * parameters:,} bytes for a dense fp32 pseudo-gradient of the {parameters:,} parameters.
+
+## Who got paid
+
+| peer | behaviour | weight | rating (μ − 3σ) | final score | flagged | why |
+|---|---|---|---|---|---|---|
+{rows}
+
+*weight*: the share of the validator's last weights on chain{_set_after(views)}. *rating*: the OpenSkill
+ordinal, which rises when a peer's update lowers the loss more than the others' in the same window.
+*final score*: rating × max(0, moving average of the uniqueness indicator) × sync score × penalty
+factor. *flagged*: the validator caught it at least once (copying, missing or late uploads, invalid
+messages, out of sync).
+"""
+
+
+EXPLAINED = """
+## Validation loss
+
+![validation loss](loss.png)
+
+The shared model's loss on held-out data after each window's outer step. It falls while adversaries
+attack: their updates are either excluded from the aggregate (missing, late, invalid), clipped to the
+median norm, or outweighed.
+
+## Weights
+
+![weights](weights.png)
+
+What each peer would be paid, as the validator sets it on chain. Honest peers are solid lines,
+adversaries dashed. Adversaries start with nothing to earn and never get a share that lasts.
+
+## Ratings
+
+![ratings](ratings.png)
+
+OpenSkill μ per peer with a ±σ band. A new peer starts at μ = 25, σ ≈ 8.3; every window that it is
+loss-tested its σ shrinks and its μ moves with how its update ranked. Peers that upload nothing,
+too late or garbage are ranked last in the window's match.
+
+## Why adversaries lose
+
+![factors](factors.png)
+
+The four factors of the final score for each adversary, with the honest peers' mean in black:
+the **moving average** falls for peers whose update does not help their own assigned data more than
+random data (noise, sign flips, training on other data); **sync** collapses for a peer that stops
+applying the network's steps (stale); the **penalty** compounds for missing, late or invalid uploads and
+for copying; a **final score** of zero means no weight.
+"""

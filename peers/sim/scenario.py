@@ -1,0 +1,54 @@
+"""What a simulation runs: which peers with which behaviours, how many windows, on which model and
+settings (the simulation's small defaults, then ``--config`` and ``--set``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gauntlet.config import GauntletConfig, load_config
+from gauntlet.identity import Identity
+
+DEFAULT_ADVERSARIES = ["free-rider", "copier", "noisy-copier", "random-data", "noise", "sign-flip", "stale",
+                       "late", "malformed"]
+# Small, fast settings for a laptop CPU; --config / --set override them.
+SIMULATION_DEFAULTS = ["inner.steps=4", "train.batch_size=4", "data.seq_len=64", "inner.warmup_steps=2",
+                       "inner.lr=3e-3", "train.eval_batches=1", "validator.checkpoint_every=5"]
+LOCKSTEP_TIMING = ["timing.blocks_per_window=10", "timing.upload_slot_s=20"]  # 12-second blocks, virtual
+LIVE_TIMING = ["timing.blocks_per_window=12", "timing.upload_slot_s=4", "timing.slot_grace_s=0.5",
+               "timing.gather_timeout_s=8"]  # 1-second blocks: 12-second windows of wall time
+
+
+@dataclass
+class Scenario:
+    honest: int = 5
+    adversaries: list[str] = field(default_factory=lambda: list(DEFAULT_ADVERSARIES))
+    windows: int = 20
+    seed: int = 0
+    model: str = "tiny"
+    mode: str = "lockstep"
+    out: Path = Path("runs/simulate")
+    storage: str | None = None
+    chain: str | None = None
+    config: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    data_dir: Path | None = None
+
+    def nodes(self) -> dict[str, str]:
+        """Peer name → behaviour spec, in a fixed order."""
+        names = {f"honest-{i}": "honest" for i in range(self.honest)}
+        for spec in self.adversaries:
+            base = spec.rsplit(":", 1)[-1].lower() if ":" in spec else spec
+            name, n = base, 2
+            while name in names:
+                name, n = f"{base}-{n}", n + 1
+            names[name] = spec
+        return names
+
+    def identity(self, name: str) -> Identity:
+        return Identity.from_seed(f"simulate|{self.seed}|{name}")
+
+    def config_for(self) -> GauntletConfig:
+        timing = LOCKSTEP_TIMING if self.mode == "lockstep" else LIVE_TIMING
+        base = [*SIMULATION_DEFAULTS, *timing, f"seed={self.seed}", f"model.preset={self.model}"]
+        return load_config(self.config, [*base, *self.overrides])
