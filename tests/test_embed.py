@@ -169,6 +169,7 @@ def test_torchrun_example_trains_two_ranks_in_sync_and_loss_goes_down():
     assert len(result["val_loss"]) == 5
 
 
+@pytest.mark.slow  # a torchrun job of 4 ranks
 def test_fsdp_example_two_replicas_by_two_shards_matches_the_unsharded_wrapper(tmp_path):
     """examples/embed_fsdp.py on 4 CPU processes (2 replicas × 2 shards) against the same training on
     the unsharded wrapper (2 processes). The outer step is the same arithmetic element for element;

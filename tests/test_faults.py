@@ -126,6 +126,7 @@ def honest(n):
     return {f"honest-{i}": Behaviour() for i in range(n)}
 
 
+@pytest.mark.slow  # lockstep networks over several windows
 def test_a_validator_that_cannot_read_a_peer_neither_scores_nor_penalises_it(tmp_path, data_dir):
     cfg = load_config(overrides=SETTINGS)
     net = build(tmp_path / "net", cfg, honest(3), data_dir)
@@ -154,6 +155,7 @@ def test_a_validator_that_cannot_read_a_peer_neither_scores_nor_penalises_it(tmp
     assert all(r.penalty == 1.0 for r in net.validator.book.records.values())
 
 
+@pytest.mark.slow  # lockstep networks over several windows
 def test_a_peer_that_cannot_read_a_message_applies_the_validators_aggregate_and_stays_in_sync(tmp_path,
                                                                                              data_dir):
     cfg = load_config(overrides=SETTINGS)
@@ -198,6 +200,7 @@ class FlakyChain:
         return slow
 
 
+@pytest.mark.slow  # lockstep networks over several windows
 def test_a_window_the_chain_fails_is_evaluated_again_and_a_slow_chain_changes_nothing(tmp_path, data_dir):
     cfg = load_config(overrides=SETTINGS + ["validator.weights_every=1"])
     straight = build(tmp_path / "a", cfg, honest(3), data_dir)

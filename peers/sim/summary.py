@@ -1,5 +1,5 @@
 """What a simulation says about each window and about the run: the views the report is drawn from,
-why a peer was flagged, and ``summary.json`` (its schema is documented in docs/simulate.md)."""
+why a peer was flagged, and ``summary.json`` (README.md, "What you are looking at", lists its fields)."""
 
 from __future__ import annotations
 
