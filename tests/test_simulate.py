@@ -76,13 +76,26 @@ def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_pat
     assert all(finals[n] > 0 for n in weights if weights[n] > 0), (weights, finals)
 
 
-def test_live_run_on_an_embedded_s3_server(tmp_path, data_dir):
-    summary = simulate(tmp_path / "s3", data_dir, "--mode", "live", "--storage", "embedded-s3", "--honest", "2",
-                       "--adversary", "free-rider", "--windows", "2")
-    assert summary["windows"] == 2
-    weights = {p["name"]: p["weight"] for p in summary["peers"]}
-    assert weights["free-rider"] == 0.0  # whatever weight is set after 2 windows goes to the honest peers
-    assert summary["honest_weight_share"] == pytest.approx(1.0 if any(weights.values()) else 0.0)
-    assert json.loads((tmp_path / "s3" / "crashed.json").read_text()) == {}
-    log = (tmp_path / "s3" / "nodes" / "honest-0.log").read_text()
-    assert "s3://gauntlet-honest-0" in log  # the peer really stored in its own bucket on the loopback server
+def test_the_embedded_s3_server_gives_every_node_a_bucket_it_can_write_and_others_can_read(tmp_path,
+                                                                                             monkeypatch):
+    """What `--storage embedded-s3` adds to a live run (tests/test_secrets.py runs a whole live network
+    on S3 buckets): a loopback server, one bucket per node, and the nodes' credentials."""
+    from gauntlet.storage import open_store
+    from peers.sim.live import node_env, start_embedded_s3, store_urls
+    from peers.sim.scenario import Scenario
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(var, "restored after the test")  # node_env sets them for this process too
+    server, port = start_embedded_s3()
+    try:
+        urls = store_urls(Scenario(out=tmp_path, storage="embedded-s3"), ["validator", "honest-0"], port)
+        assert urls["honest-0"] == f"s3://gauntlet-honest-0?endpoint_url=http://127.0.0.1:{port}&region=us-east-1"
+        env = node_env(True, urls)  # creates the buckets
+        assert env["OMP_NUM_THREADS"] == "1" and env["AWS_ACCESS_KEY_ID"] == "simulation"
+        writer = open_store(urls["honest-0"], access_key=env["AWS_ACCESS_KEY_ID"],
+                            secret_key=env["AWS_SECRET_ACCESS_KEY"])
+        writer.put("runs/r/probe", b"a message")
+        assert open_store(urls["honest-0"], read_only=True).get("runs/r/probe") == b"a message"
+        assert list(open_store(urls["validator"]).list()) == []  # its own, empty bucket
+    finally:
+        server.stop()

@@ -33,7 +33,8 @@ class LocalState:
 
 
 def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush (and fsync), rename over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, flush (and fsync it and its directory),
+    rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.partial"
     with open(tmp, "wb") as fh:
@@ -42,6 +43,8 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
         if durable:
             os.fsync(fh.fileno())
     os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def read_state_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]] | None:
@@ -79,7 +82,31 @@ def save_local(path: Path, model: torch.nn.Module, ef: ErrorFeedback | None, opt
             for name, value in slots.items():
                 tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
         meta["param_groups"] = json.dumps(opt["param_groups"])
-    write_atomic(path, safetensors.torch.save(tensors, metadata=meta), durable)
+    save_atomic(path, tensors, meta, durable)
+
+
+def save_atomic(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str], durable: bool = True) -> None:
+    """``tensors`` as a safetensors file written straight to a temporary file beside ``path`` (no copy of
+    the whole file in memory), fsynced with its directory when ``durable``, then renamed over ``path``:
+    a crash leaves the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial"
+    safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
+    if durable:
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (the directory entry itself is flushed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_local(path: Path, model: torch.nn.Module, ef: ErrorFeedback | None,

@@ -38,7 +38,8 @@ BLOCK_TIME = 1.0
 READ_KEY, READ_SECRET = "simulation-reader", "simulation-reader-secret"
 
 
-def _store_urls(scenario, names: list[str], s3_port: int | None) -> dict[str, str]:
+def store_urls(scenario: Scenario, names: list[str], s3_port: int | None) -> dict[str, str]:
+    """Each node's bucket: on the embedded S3 server, under OUT as file stores, or the --storage pattern."""
     out = scenario.out.resolve()
     if s3_port is not None:
         return {n: f"s3://gauntlet-{n}?endpoint_url=http://127.0.0.1:{s3_port}&region=us-east-1" for n in names}
@@ -81,9 +82,9 @@ def run_live(scenario: Scenario, progress) -> tuple[list[WindowView], dict[str, 
     for name in nodes:
         chain.register(scenario.identity(name).hotkey, stake=1000.0 if name == "validator" else 0.0,
                        validator_permit=name == "validator")
-    server, port = _start_s3() if scenario.storage == "embedded-s3" else (None, None)
-    urls = _store_urls(scenario, list(nodes), port)
-    env = _node_env(server is not None, urls)
+    server, port = start_embedded_s3() if scenario.storage == "embedded-s3" else (None, None)
+    urls = store_urls(scenario, list(nodes), port)
+    env = node_env(server is not None, urls)
     crashed = _run_nodes(nodes, scenario, progress, chain, cfg, env,
                          lambda role, name, spec: _command(role, name, scenario, cfg_file, chain_url, urls[name],
                                                            data_dir, spec))
@@ -96,7 +97,7 @@ def run_live(scenario: Scenario, progress) -> tuple[list[WindowView], dict[str, 
     return views, hotkeys, _mean_message_bytes(scenario), sum(p.numel() for p in model.parameters())
 
 
-def _start_s3():
+def start_embedded_s3():
     """A loopback S3 server (moto) on a free port: (server, port)."""
     from moto.server import ThreadedMotoServer  # deferred: the [sim] extra, only for --storage embedded-s3
 
@@ -108,7 +109,7 @@ def _start_s3():
     return server, port
 
 
-def _node_env(embedded_s3: bool, urls: dict[str, str]) -> dict[str, str]:
+def node_env(embedded_s3: bool, urls: dict[str, str]) -> dict[str, str]:
     """The nodes' environment: one torch thread each, this code on the path, the embedded S3's keys
     (whose buckets are created here)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
