@@ -19,9 +19,7 @@ stamp=.venv/.gauntlet-setup
 want=$(cat pyproject.toml scripts/setup-venv.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setting up .venv (torch ${TORCH_VERSION:=2.13.0}, gauntlet and its dependencies)..."
-  # --no-compile: Python compiles a module the first time it is imported, so the thousands of modules
-  # of the dependencies that are never imported are not compiled at install (half the set-up time)
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile "torch==${TORCH_VERSION}"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -e ".[node,sim,data,wandb,dev]"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==${TORCH_VERSION}"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[node,sim,data,wandb,dev]"
   echo "$want" > "$stamp"
 fi

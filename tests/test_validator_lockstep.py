@@ -31,14 +31,16 @@ def weights_by_name(net, names):
     return {n: row.get(uid[node_identity(net.cfg.seed, n).hotkey], 0.0) for n in names}
 
 
-def test_after_20_windows_every_adversary_weighs_less_than_every_honest_peer(tmp_path, data_dir):
+def test_after_14_windows_every_adversary_weighs_less_than_every_honest_peer(tmp_path, data_dir):
+    # From window 7 on, every weight the validator sets already ranks every honest peer above every
+    # adversary (seed 0); at window 13 the least-paid honest peer has 0.043 and the best adversary 0.0002.
     # copy detection on a secret sample of 128 of the tiny model's 816 chunks
     cfg = load_config(overrides=SETTINGS + ["validator.copy_sample_chunks=128"])
     peers = {f"honest-{i}": Behaviour() for i in range(5)}
     peers.update({name: cls() for name, cls in BUILT_IN.items() if name != "honest"})
     net = build(tmp_path / "net", cfg, peers, data_dir)
     net.peers["honest-0"].opts.declared = {"hardware": "2 CPU cores", "price_usd_h": "0"}
-    records = run(net, 20)
+    records = run(net, 14)
     weights = weights_by_name(net, peers)
     honest = {n: w for n, w in weights.items() if n.startswith("honest")}
     adversaries = {n: w for n, w in weights.items() if not n.startswith("honest")}
