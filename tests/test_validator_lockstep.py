@@ -69,7 +69,7 @@ def small_network():
 def test_a_validator_killed_mid_window_resumes_to_the_same_result(tmp_path, data_dir, monkeypatch):
     cfg = load_config(overrides=SETTINGS + ["validator.weights_every=1"])
     straight = build(tmp_path / "a", cfg, small_network(), data_dir)
-    run(straight, 6)
+    run(straight, 5)
     expected = (straight.chain.weights(), straight.validator.book.records)
 
     crashed = build(tmp_path / "b", cfg, small_network(), data_dir)
@@ -86,14 +86,14 @@ def test_a_validator_killed_mid_window_resumes_to_the_same_result(tmp_path, data
     del crashed
     resumed = build(tmp_path / "b", cfg, small_network(), data_dir)  # a new process, from disk
     assert resumed.window == 3
-    run(resumed, 3)
+    run(resumed, 2)
     assert resumed.chain.weights() == expected[0]
     assert resumed.validator.book.records == expected[1]
     head = resumed.validator.book.record_head
     from peers.network.records import verify_chain
     from gauntlet.storage import keys
 
-    records = [resumed.validator.store.get(keys.record(cfg.run_name, w)) for w in range(6)]
+    records = [resumed.validator.store.get(keys.record(cfg.run_name, w)) for w in range(5)]
     assert verify_chain(records, {resumed.validator.identity.hotkey}) == head
 
 
