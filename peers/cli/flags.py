@@ -101,6 +101,27 @@ def card_for(store, args):
     return BucketCard("s3", store.endpoint_url or "", store.bucket, store.region or "", read_key, read_secret)
 
 
+def node_options(options_class, args, role: str, cfg, card, world, **extra):
+    """The node's options from the flags every node shares (``extra``: the role's own)."""
+    from peers.node.data import default_data_dir  # deferred: loads torch (`gauntlet --help` stays instant)
+    from peers.ops.retention import check_retain
+
+    return options_class(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
+                         allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window, world=world,
+                         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
+                         wandb_project=args.wandb_project,
+                         retain=check_retain(args.retain, role, cfg.validator.checkpoint_every), **extra)
+
+
+def describe_start(role: str, identity, chain, store, world) -> None:
+    """One log line: who starts where, on how many ranks."""
+    ranks = (f" on {world.size} rank{'s' if world.size > 1 else ''} ({world.backend}, {world.device.type})"
+             if world else "")
+    verb = "publishing to" if role == "validator" else "storing in"
+    logging.getLogger(f"gauntlet.{role}").info("%s %s on %s, %s %s%s", role, identity.hotkey, chain.url, verb,
+                                               store.url, ranks)
+
+
 def setup_logging(quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
     if sys.stderr.isatty():

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from gauntlet.errors import ConfigError
-from peers.cli.flags import add_node_arguments
+from peers.cli.flags import add_node_arguments, describe_start, node_options
 from peers.cli.launch import run_node, stop_on_signals
-from peers.ops.retention import check_retain
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +50,6 @@ def _declared(items: list[str]) -> dict[str, str]:
 
 def run_peer(args: argparse.Namespace) -> int:
     from peers.behaviours import load_behaviour  # deferred: loads torch (`gauntlet --help` stays instant)
-    from peers.node.data import default_data_dir
     from peers.peer import Peer, PeerOptions
 
     declared = _declared(args.declare)
@@ -62,17 +59,10 @@ def run_peer(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
 
     def start(cfg, identity, chain, store, card, world) -> int:
-        opts = PeerOptions(run_dir=args.run_dir, data_dir=args.data_dir or default_data_dir(), card=card,
-                           allow_local_cards=args.allow_local_cards, stop_after_window=args.until_window,
-                           trust_validator=args.trust_validator, export_hf=args.export_hf, declared=declared,
-                           export_every=args.export_every, push_to_hub=args.push_to_hub, world=world,
-                           metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
-                           wandb_project=args.wandb_project,
-                           retain=check_retain(args.retain, "peer", cfg.validator.checkpoint_every))
-        ranks = (f" on {world.size} rank{'s' if world.size > 1 else ''} ({world.backend}, {world.device.type})"
-                 if world else "")
-        logging.getLogger("gauntlet.peer").info("peer %s on %s, storing in %s%s", identity.hotkey, chain.url,
-                                                store.url, ranks)
+        opts = node_options(PeerOptions, args, "peer", cfg, card, world, trust_validator=args.trust_validator,
+                            export_hf=args.export_hf, declared=declared, export_every=args.export_every,
+                            push_to_hub=args.push_to_hub)
+        describe_start("peer", identity, chain, store, world)
         with stop_on_signals(Peer(cfg, identity, chain, store, opts, behaviour)) as peer:
             peer.run_forever()
         return 0
