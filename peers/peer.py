@@ -248,7 +248,8 @@ class Peer(Node):
                           "ef_checksum": self.engine.measure.ef_checksum()[:16], "gathered": sorted(result.messages),
                           "missing": result.missing, "outside_slot": sorted(result.outside_slot),
                           "invalid": result.invalid, "failed": result.failed,
-                          "used_published_aggregate": result.used_published, **facts})
+                          "used_published_aggregate": result.used_published, "list": result.list_rule,
+                          "list_window": result.list_window, "list_in_time": result.list_in_time, **facts})
         what = window_line(result, hotkey=self.identity.hotkey, trained=facts.get("trained", True),
                            uploaded=facts.get("uploaded", False), follows_network=follows_network,
                            slot_opened=self.clock.slot(window)[0] + self.cfg.timing.slot_grace_s)

@@ -44,7 +44,7 @@ from gauntlet.uniqueness.sampled import draw_sample, sample_seed
 from peers.network.artefacts import encode_artefact
 from peers.network.directory import NetworkView
 from peers.network.gather import GatherResult
-from peers.network.peer_list import PeerList, encode_peer_list, select
+from peers.network.peer_list import ListChoice, encode_peer_list, select
 from peers.network.records import seal
 from peers.network.spool import Spool, read_message_sample
 from peers.node.base import Node, NodeOptions
@@ -64,6 +64,7 @@ class Evaluation:
     network: NetworkView  # read once per window: on Bittensor each read is a round trip
     started: float = field(default_factory=time.time)
     result: GatherResult | None = None  # stage 1: the valid messages (spooled) and who failed how
+    choice: ListChoice | None = None  # the list that governs the window's aggregate (read with the network)
     failed: dict[str, str] = field(default_factory=dict)  # hotkey -> missing | late | invalid: reason
     reference: list[float] = field(default_factory=list)  # our weight sample before the window's step
     behind: dict[str, float] = field(default_factory=dict)  # outer steps each present peer is behind
@@ -125,6 +126,9 @@ class Validator(Node):
     def _gather(self, ev: Evaluation) -> None:
         """Every committed peer's message; valid ones wait on disk (decoded one peer at a time later)."""
         ev.result = r = self.gather_retrying(ev.window, use_list=False, network=ev.network, spool=self.spool)
+        # the rule every peer applies, on this validator's own bucket (a StorageError here comes before
+        # anything is scored: the window is evaluated again)
+        ev.choice = self.feed.choose_list(ev.window, source=(self.identity.hotkey, self.store))
         ev.failed = {h: "missing" for h in r.missing}
         ev.failed.update({h: "late" for h in r.outside_slot})
         ev.failed.update({h: f"invalid: {why}" for h, why in r.invalid.items()})
@@ -200,15 +204,10 @@ class Validator(Node):
     # ------------------------------------------------------------------------------------ the model
 
     def _apply(self, ev: Evaluation) -> None:
-        """The aggregate every peer applies (the peers of this validator's list for the window, if it
-        was published in time; else every valid message), the outer step, and the aggregate published."""
-        window, listed = ev.window, self.book.listed
-        listed = listed if listed and listed["window"] == window else None
-        if listed is not None and not self._list_in_time(window):
-            listed = None  # published late: the peers aggregated every valid message, so does the validator
-        members = ev.present if listed is None else select(
-            PeerList(window, self.identity.hotkey, tuple(listed["peers"]), tuple(listed["reserves"])),
-            ev.result.messages, self.cfg.sparseloco.top_g)
+        """The aggregate every peer applies (the peers of the list that governs the window, see
+        :meth:`ValidatorFeed.choose_list`), the outer step, and the aggregate published."""
+        window, followed = ev.window, ev.choice.followed
+        members = ev.present if followed is None else select(followed, ev.result.messages, self.cfg.sparseloco.top_g)
         ev.applied = sorted(members)
         if ev.applied:
             self.metrics.set_phase("applying")
@@ -222,23 +221,39 @@ class Validator(Node):
         step = sum(abs(a - b) for a, b in zip(after, ev.reference)) / len(after)
         self.book.typical_step = step if self.book.typical_step == 0 else 0.9 * self.book.typical_step + 0.1 * step
 
-    def _list_in_time(self, window: int) -> bool:
-        """Whether this validator's peer list for ``window`` was stored by the list deadline."""
-        info = self.store.head(keys.peer_list(self.run, window))  # None when it was never stored
-        return info is not None and info.last_modified <= self.clock.list_deadline(window)
-
     # ------------------------------------------------------------------------------------ outputs
 
     def _publish_peer_list(self, ev: Evaluation) -> None:
-        """The peers to aggregate in the next window: the top G by final score, then reserves."""
+        """The list for the next window: of the peers whose evaluations show they help (see
+        :meth:`_helps`), the best G by final score, then reserves. Open — every valid message counts —
+        until the first peer qualifies; after that it names only qualified peers, even none."""
         g, reserves, window = self.cfg.sparseloco.top_g, self.cfg.validator.reserves, ev.window
-        eligible = [h for h, r in self.book.records.items() if r.banned_until < window and r.last_seen >= window - 1]
-        ranked = sorted(eligible, key=lambda h: (-self.book.records[h].final, -self.book.records[h].ordinal, h))
-        nxt = {"window": window + 1, "peers": ranked[:g], "reserves": ranked[g : g + reserves]}
-        self.book.listed = nxt if nxt["peers"] else None  # nobody eligible yet: everyone counts
-        # published every window, empty or not: a missing list then always means "not out yet"
-        self._publish(ev, keys.peer_list(self.run, window + 1), encode_peer_list(
-            window + 1, nxt["peers"], nxt["reserves"], run=self.run_hash, signer=self.identity))
+        records = self.book.records
+        ranked = sorted((h for h in ev.present if self._helps(h, ev)),
+                        key=lambda h: (-records[h].final, -records[h].ordinal, h))
+        if ranked and self.book.first_list < 0:
+            self.book.first_list = window + 1
+            log.info("window %d: the first peer list names %d peers; from now on only listed peers are aggregated",
+                     window + 1, min(len(ranked), g))
+        key = keys.peer_list(self.run, window + 1)
+        try:
+            if self.store.head(key) is not None:
+                return  # this window evaluated again after a crash: the first list stored stands (its time decides)
+        except StorageError as exc:
+            log.warning("window %d: cannot check for a stored peer list (%s); publishing it", window, exc)
+        # published every window: a missing list always means "not out yet"
+        self._publish(ev, key, encode_peer_list(window + 1, ranked[:g], ranked[g : g + reserves], run=self.run_hash,
+                                                signer=self.identity, open=self.book.first_list < 0))
+
+    def _helps(self, hotkey: str, ev: Evaluation) -> bool:
+        """Whether ``hotkey``'s evaluations show that its updates help: a valid message in the slot this
+        window, in sync, no copy finding, not banned; a positive score in its last loss test, a positive
+        final score and a uniqueness moving average of at least ``validator.list_min_ma``."""
+        rec, why, v = self.book.records[hotkey], ev.why[hotkey], self.cfg.validator
+        behind = why.get("steps_behind")
+        return (why.get("status") == "present" and "copy" not in why and not why.get("banned")
+                and (behind == "unknown" or isinstance(behind, (int, float)) and behind <= v.sync_penalty_steps)
+                and rec.last_score > 0 and rec.final > 0 and rec.ma >= v.list_min_ma)
 
     def _set_weights(self, ev: Evaluation) -> None:
         """Every ``weights_every`` windows, and at the last window before stopping."""

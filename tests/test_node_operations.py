@@ -51,6 +51,13 @@ def test_a_window_that_aggregated_says_how_many_and_how_this_peer_took_part():
      "nothing aggregated: the validator's peer list could not be read (GET peers.json timed out after 3 tries)"),
     ({"listed": 2, "missing": [A]}, True, True,
      "nothing aggregated: of the 2 peers the validator listed, 1 peer uploaded nothing"),
+    ({"listed": 0, "list_rule": "list", "list_window": 7}, True, True,
+     "nothing aggregated: the validator's list names nobody (no peer has shown yet that its updates help)"),
+    ({"listed": 0, "list_rule": "fallback", "list_window": 6}, True, True,
+     "nothing aggregated: the validator's list of window 6 names nobody (no peer has shown yet that its updates "
+     "help)"),
+    ({"listed": 0, "list_rule": "none"}, True, True, "nothing aggregated: the validator has published no peer list "
+     "in time for too long (nobody's message is applied)"),
     ({}, True, True, "nothing aggregated: no other peer has a bucket card on chain"),
 ])
 def test_a_window_that_aggregated_nothing_says_why(fields, trained, uploaded, expected):
@@ -97,18 +104,3 @@ def test_a_stop_request_ends_a_wait_promptly():
     with pytest.raises(StopRequested, match="SIGTERM"):
         clock.wait_until(time.time() + 3600)  # an hour away
     assert time.monotonic() - started < 60  # it did not wait for the hour (0.5 s on an idle machine)
-
-
-def test_the_validator_uses_its_peer_list_only_if_it_was_stored_in_time(tmp_path):
-    from gauntlet.storage import FileStore, keys
-    from peers.validator import Validator
-
-    written = [100.0]
-    store = FileStore(tmp_path, clock=lambda: written[0])
-    node = types.SimpleNamespace(store=store, run="r", clock=types.SimpleNamespace(list_deadline=lambda w: 150.0))
-    assert not Validator._list_in_time(node, 3)  # never stored
-    store.put(keys.peer_list("r", 3), b"{}")
-    assert Validator._list_in_time(node, 3)
-    written[0] = 150.5  # stored after the boundary where window 3's uploads start: the peers ignored it
-    store.put(keys.peer_list("r", 3), b"{}")
-    assert not Validator._list_in_time(node, 3)

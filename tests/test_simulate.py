@@ -10,7 +10,9 @@ from peers.cli import main
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
-SUMMARY_KEYS = {"windows", "wall_s", "bytes_per_message", "loss", "honest_weight_share", "peers"}
+SUMMARY_KEYS = {"windows", "wall_s", "bytes_per_message", "loss", "honest_weight_share", "first_list_window",
+                "windows_list_late", "adversary_messages_aggregated", "adversary_messages_aggregated_total",
+                "cannot_keep_up", "peers"}
 PEER_KEYS = {"name", "behaviour", "hotkey", "weight", "ordinal", "final_score", "flagged"}
 
 
@@ -40,7 +42,12 @@ def test_lockstep_run_with_a_custom_adversary_is_reported_and_reproducible(tmp_p
     assert by_name["copier"]["flagged"] and not any(by_name[f"honest-{i}"]["flagged"] for i in range(3))
     for name in ("report.md", "loss.png", "weights.png", "ratings.png", "factors.png", "metrics.jsonl"):
         assert (tmp_path / "a" / name).stat().st_size > 500, name
-    assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 6
+    lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 6
+    # what entered the model: before the first list every valid message (copier, noise, zeroes too)
+    assert first["windows_list_late"] == 0 and first["cannot_keep_up"] == []  # lockstep is never late
+    assert lines[0]["list_rules"] == {"open": 3} and set(lines[0]["adversaries_aggregated"]) >= {"noise", "zeroes"}
+    assert first["adversary_messages_aggregated_total"] == sum(len(m["adversaries_aggregated"]) for m in lines)
     assert "last weights on chain, set after window 5" in (tmp_path / "a" / "report.md").read_text()
     # same seed, lockstep: the same windows again, identical apart from timings (the first 3 suffice)
     simulate(tmp_path / "b", data_dir, *scenario, "--windows", "3")

@@ -38,6 +38,7 @@ class PeerRecord:
     penalty: float = 1.0
     sync: float = 1.0
     last_eval: int = -1
+    last_score: float = 0.0  # the score (gain on random data) of its last loss test
     last_seen: int = -1
     first_seen: int = -1
     banned_until: int = -1
@@ -138,7 +139,8 @@ def _loss_tests(new: dict[str, PeerRecord], why: dict[str, dict], outcome: Windo
         random_gain = relative_improvement(test.random_before, test.random_after)
         own_gain = relative_improvement(test.own_before, test.own_after)
         indicator = uniqueness_indicator(own_gain, random_gain)
-        new[hotkey] = replace(rec, ma=moving_average(rec.ma, indicator, cfg.ma_alpha), last_eval=outcome.window)
+        new[hotkey] = replace(rec, ma=moving_average(rec.ma, indicator, cfg.ma_alpha), last_eval=outcome.window,
+                              last_score=random_gain)
         scores[hotkey] = random_gain
         why[hotkey].update(score=random_gain, own_gain=own_gain, indicator=indicator)
     return scores

@@ -129,7 +129,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     # deferred so that `gauntlet --help` stays quick: these load torch, transformers and the nodes
     from peers.behaviours import load_behaviour
     from peers.sim.lockstep import run_lockstep
-    from peers.sim.report import write_outputs
+    from peers.sim.report import entered_line, write_outputs
 
     setup_logging(args.quiet)
     for noisy in ("gauntlet.peer", "gauntlet.validator", "gauntlet.node", "matplotlib"):
@@ -153,17 +153,20 @@ def run_simulate(args: argparse.Namespace) -> int:
     try:
         if args.mode == "lockstep":
             try:
-                views, hotkeys, size, params = run_lockstep(scenario, progress)
+                run = run_lockstep(scenario, progress)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         else:
             from peers.sim.live import run_live  # deferred with the others above
 
-            views, hotkeys, size, params = run_live(scenario, progress)
+            run = run_live(scenario, progress)
     finally:
         progress.close()
-    summary = summarise(scenario, views, hotkeys, size, time.time() - started)
-    write_outputs(scenario, views, summary, cfg, params)
-    print_table(summary, views)
+    summary = summarise(scenario, run, time.time() - started)
+    write_outputs(scenario, run.views, summary, cfg, run.parameters)
+    print_table(summary, run.views)
+    print("\n" + entered_line(summary).replace("**", ""))
+    for slow in summary["cannot_keep_up"]:
+        print(f"warning: {slow['node']} could not keep up (from window {slow['window']}): {slow['what']}")
     print(f"\nrun directory: {args.out}  (summary.json, metrics.jsonl, report.md, *.png)")
     return 0

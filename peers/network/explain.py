@@ -48,6 +48,11 @@ def _own_part(result: GatherResult, hotkey: str, trained: bool, uploaded: bool, 
 def _others_part(result: GatherResult, hotkey: str) -> str:
     if result.list_unreadable:
         return f"the validator's peer list could not be read ({result.list_unreadable})"
+    if result.list_rule == "none":
+        return "the validator has published no peer list in time for too long (nobody's message is applied)"
+    if result.listed == 0:
+        return f"the validator's list{' of window ' + str(result.list_window) if result.list_rule == 'fallback' else ''}" \
+               " names nobody (no peer has shown yet that its updates help)"
     others = {
         "uploaded nothing": [h for h in result.missing if h != hotkey],
         "uploaded outside the slot": [h for h in result.outside_slot if h != hotkey],

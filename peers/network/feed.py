@@ -14,7 +14,7 @@ from gauntlet.storage import ObjectStore, keys
 from peers.network.artefacts import decode_artefact
 from peers.network.directory import Directory
 from peers.network.peer_list import MAX_BYTES as PEER_LIST_MAX_BYTES
-from peers.network.peer_list import PeerList, decode_peer_list
+from peers.network.peer_list import LOOKBACK, ListChoice, PeerList, choose_list, decode_peer_list
 
 log = logging.getLogger("gauntlet.node")
 Source = tuple[str, ObjectStore]  # a validator's hotkey and its store
@@ -38,11 +38,12 @@ class ValidatorFeed:
         return decode_artefact(data, kind=kind, run=self.run_hash, window=window, trusted={hotkey}, spec=self.spec,
                                max_bytes=self.max_bytes)
 
-    def peer_list(self, window: int) -> PeerList | None:
-        """The followed validator's list for ``window`` if it published one in time (see
-        :meth:`peers.node.clock.WindowClock.list_deadline`). Raises StorageError when the validator's
-        store cannot be read (the caller cannot know whether a list exists)."""
-        source = self.source()
+    def peer_list(self, window: int, source: Source | None = None) -> PeerList | None:
+        """The followed validator's (or ``source``'s) list for ``window`` if it was stored by the list
+        deadline (see :meth:`peers.node.clock.WindowClock.list_deadline`); None when it is missing,
+        late or unusable. Raises StorageError when the store cannot be read (the caller cannot know
+        whether a list exists)."""
+        source = source or self.source()
         if source is None:
             return None
         try:
@@ -54,10 +55,26 @@ class ValidatorFeed:
             log.warning("window %d: unusable peer list from %s: %s", window, source[0][:12], exc)
             return None
         if info.last_modified > self.list_deadline(window):
-            log.info("window %d: the validator's peer list came %.1f s late; every valid message counts", window,
+            log.info("window %d: the validator's peer list came %.1f s late", window,
                      info.last_modified - self.list_deadline(window))
             return None
         return listed
+
+    def choose_list(self, window: int, source: Source | None = None) -> ListChoice:
+        """The list that governs ``window`` (:func:`peers.network.peer_list.choose_list`): the
+        window's own if in time, else the most recent one that was. A network without a validator
+        has no list: every valid message counts. Raises StorageError like :meth:`peer_list`."""
+        source = source or self.source()
+        if source is None:
+            return ListChoice(window, None, None, False)
+        choice = choose_list(window, lambda v: self.peer_list(v, source))
+        if choice.rule == "fallback":
+            log.info("window %d: following the validator's list of window %d, the most recent in time", window,
+                     choice.list_window)
+        elif choice.rule == "none":
+            log.warning("window %d: the validator has published no peer list in time for %d windows; nobody's "
+                        "message is applied until it does", window, LOOKBACK)
+        return choice
 
     def aggregate(self, window: int) -> dict[str, torch.Tensor] | None:
         """The aggregate the followed validator applied for ``window`` (None: none usable yet)."""

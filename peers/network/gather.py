@@ -35,6 +35,9 @@ class GatherResult:
     failed: dict[str, str] = field(default_factory=dict)  # the infrastructure's fault
     list_unreadable: str | None = None  # the validator's peer list could not be read (infrastructure)
     listed: int | None = None  # peers named by the validator's list (top-G and reserves); None: no list used
+    list_rule: str | None = None  # how the governing list was found (ListChoice.rule); None: no list read
+    list_window: int | None = None  # the window of the governing list (None: none)
+    list_in_time: bool = False  # the window's own list was stored in time
     used_published: bool = False  # the validator's signed aggregate was applied instead of these messages
 
     def ordered(self) -> list[tuple[str, Message | SpooledMessage]]:

@@ -18,7 +18,7 @@ from gauntlet.storage import BucketCard, ObjectStore
 from peers.network.directory import Directory, NetworkView
 from peers.network.feed import ValidatorFeed
 from peers.network.gather import GatherResult, gather
-from peers.network.peer_list import PeerList, select
+from peers.network.peer_list import ListChoice, select
 from peers.network.spool import Spool
 from peers.node.clock import WindowClock
 from peers.node.data import NodeData
@@ -105,32 +105,39 @@ class Node:
 
     # ------------------------------------------------------------------------------ the gather
 
-    def gather(self, window: int, in_slot: bool = True, listed: PeerList | None = None,
-               use_list: bool = True, network: NetworkView | None = None, spool: Spool | None = None) -> GatherResult:
-        """Every committed peer's message; restricted to the validator's list (top-G and reserves)
-        when one is published for the window (``use_list``) or given (``listed``). ``network``: a
-        view the caller already read; ``spool``: keep messages on disk (see gather)."""
+    def gather(self, window: int, in_slot: bool = True, use_list: bool = True, network: NetworkView | None = None,
+               spool: Spool | None = None) -> GatherResult:
+        """Every committed peer's message; restricted to the list that governs the window (see
+        :meth:`ValidatorFeed.choose_list`) when ``use_list``. ``network``: a view the caller already
+        read; ``spool``: keep messages on disk (see gather)."""
         network = network or self.directory.view()
-        list_error = None
-        if listed is None and use_list and in_slot:
+        choice, list_error = None, None
+        if use_list and in_slot:
             try:
-                listed = self.feed.peer_list(window)  # None: no list in time, every valid message counts
+                choice = self.feed.choose_list(window)
             except StorageError as exc:
                 list_error = str(exc)
                 log.warning("window %d: cannot read the validator's peer list: %s", window, exc)
-        if listed is not None and not (listed.peers or listed.reserves):
-            listed = None  # an empty list names nobody: everyone's message counts
-        sources = network.stores
-        if listed is not None:
-            sources = {h: s for h, s in sources.items() if h in set(listed.peers) | set(listed.reserves)}
+        result = self.gather_listed(window, choice, in_slot=in_slot, network=network, spool=spool)
+        result.list_unreadable = list_error
+        return result
+
+    def gather_listed(self, window: int, choice: ListChoice | None, in_slot: bool = True,
+                      network: NetworkView | None = None, spool: Spool | None = None) -> GatherResult:
+        """:meth:`gather` with the governing list already chosen (None: every valid message)."""
+        network = network or self.directory.view()
+        listed = None if choice is None else choice.followed
+        named = None if listed is None else set(listed.peers) | set(listed.reserves)
+        sources = network.stores if named is None else {h: s for h, s in network.stores.items() if h in named}
         t = self.cfg.timing
         result = gather(window, sources, run=self.run, run_hash=self.run_hash, registered=network.registered,
                         spec=self.spec, codec=self.cfg.sparseloco, slot=self.clock.slot(window) if in_slot else None,
                         max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s, cache=self.opts.message_cache,
                         spool=spool)
-        result.list_unreadable = list_error
-        result.listed = None if listed is None else len(set(listed.peers) | set(listed.reserves))
+        if choice is not None:
+            result.list_rule, result.list_window, result.list_in_time = choice.rule, choice.list_window, choice.in_time
         if listed is not None:
+            result.listed = len(named)
             keep = set(select(listed, result.messages, self.cfg.sparseloco.top_g))
             result.messages = {h: m for h, m in result.messages.items() if h in keep}
         return result

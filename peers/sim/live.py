@@ -30,7 +30,7 @@ from gauntlet.models import build_model
 from gauntlet.storage import keys, open_store
 from peers.node.data import default_data_dir
 from peers.sim.scenario import Scenario
-from peers.sim.summary import WindowView
+from peers.sim.summary import SimRun, WindowView, note_entries, window_lines
 
 log = logging.getLogger("gauntlet.simulate")
 ROOT = Path(__file__).resolve().parents[2]  # the repository (for PYTHONPATH of the nodes)
@@ -62,8 +62,9 @@ def _command(role: str, name: str, scenario, cfg_file: Path, chain_url: str, sto
     return cmd + (["--behaviour", spec] if spec else [])
 
 
-def run_live(scenario: Scenario, progress) -> tuple[list[WindowView], dict[str, str], float, int]:
-    """Run a scenario with one OS process per node; the same four results as :func:`run_lockstep`."""
+def run_live(scenario: Scenario, progress) -> SimRun:
+    """Run a scenario with one OS process per node; the same results as :func:`run_lockstep`, and the
+    nodes that could not keep up with the windows."""
     if scenario.storage == "embedded-s3":
         import moto.server  # noqa: F401  (before anything is written: the [sim] extra may be missing)
     cfg: GauntletConfig = scenario.config_for()
@@ -94,7 +95,33 @@ def run_live(scenario: Scenario, progress) -> tuple[list[WindowView], dict[str, 
         server.stop()
     hotkeys = {n: scenario.identity(n).hotkey for n in scenario.nodes()}
     model = build_model(cfg.model, 256, cfg.data.seq_len, seed=cfg.seed)
-    return views, hotkeys, _mean_message_bytes(scenario), sum(p.numel() for p in model.parameters())
+    behind = cannot_keep_up(scenario, views, cfg.timing.blocks_per_window * BLOCK_TIME)
+    for slow in behind:
+        log.warning("%s could not keep up: %s", slow["node"], slow["what"])
+    return SimRun(views, hotkeys, _mean_message_bytes(scenario), sum(p.numel() for p in model.parameters()), behind)
+
+
+def _lines(scenario: Scenario, name: str) -> dict[int, dict]:
+    return window_lines(scenario.out.resolve() / "nodes" / name / "state" / "metrics.jsonl")
+
+
+def cannot_keep_up(scenario: Scenario, views: list[WindowView], window_s: float) -> list[dict]:
+    """Nodes that warned they cannot keep up: peers whose first trained window showed training and
+    applying need more than 80 % of a window (their ``window_too_short`` event), and the validator
+    in every window whose evaluation took more than 80 % of one (its records' durations)."""
+    found = []
+    for name in scenario.nodes():
+        path = scenario.out.resolve() / "nodes" / name / "state" / "metrics.jsonl"
+        events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        for e in (e for e in events if e.get("event") == "window_too_short"):
+            found.append({"node": name, "window": e["window"], "what": f"training and applying a window take about "
+                          f"{e['train_s'] + e['apply_s']:.1f} s of a {e['window_s']:.1f}-s window (it needs "
+                          f"timing.blocks_per_window >= {e['blocks_per_window_needed']})"})
+    slow = [(v.window, v.phase_s.get("validator_s", 0.0)) for v in views if v.phase_s.get("validator_s", 0.0) > 0.8 * window_s]
+    if slow:
+        found.append({"node": "validator", "window": slow[0][0], "what": f"evaluating took more than 80 % of the "
+                      f"{window_s:.0f}-s window in {len(slow)} windows (the longest {max(t for _, t in slow):.1f} s)"})
+    return found
 
 
 def start_embedded_s3():
@@ -213,18 +240,15 @@ def _watch(procs, chain: LocalChain, cfg, scenario, progress, crashed: dict[str,
 
 
 def _views(scenario: Scenario, cfg: GauntletConfig, urls: dict[str, str], chain: LocalChain) -> list[WindowView]:
-    """Each window as the validator's signed records and honest-0's metrics tell it."""
+    """Each window as the validator's signed records and the honest peers' metrics tell it (the loss:
+    honest-0's)."""
     vstore = open_store(urls["validator"], read_only=True)
     names = {scenario.identity(n).hotkey: n for n in scenario.nodes()}
     uid = {n.hotkey: n.uid for n in chain.metagraph()}
     name_of_uid = {uid[h]: n for h, n in names.items()}
-    losses = {}
-    path = scenario.out.resolve() / "nodes" / "honest-0" / "state" / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            m = json.loads(line)
-            if "window" in m and "val_loss" in m:
-                losses[m["window"]] = m["val_loss"]
+    honest = [n for n, spec in scenario.nodes().items() if spec == "honest"]
+    lines = {n: _lines(scenario, n) for n in honest}
+    losses = {w: m["val_loss"] for w, m in lines.get(honest[0], {}).items() if "val_loss" in m} if honest else {}
     views, weights, weights_window = [], {n: 0.0 for n in scenario.nodes()}, None
     for window in range(scenario.windows):
         try:
@@ -235,6 +259,8 @@ def _views(scenario: Scenario, cfg: GauntletConfig, urls: dict[str, str], chain:
             weights, weights_window = {n: 0.0 for n in scenario.nodes()}, window
             weights.update({name_of_uid[int(u)]: w for u, w in record["weights"].items() if int(u) in name_of_uid})
         peers = {names[h]: f for h, f in record["peers"].items() if h in names}
-        views.append(WindowView(window, float(losses.get(window, float("nan"))), dict(weights), peers,
-                                {"validator_s": record.get("durations", {}).get("total_s", 0.0)}, weights_window))
+        view = WindowView(window, float(losses.get(window, float("nan"))), dict(weights), peers,
+                          {"validator_s": record.get("durations", {}).get("total_s", 0.0)}, weights_window)
+        note_entries(view, [lines[n][window] for n in honest if window in lines[n]], names)
+        views.append(view)
     return views

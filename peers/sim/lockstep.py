@@ -20,7 +20,6 @@ One window ``w`` (virtual times relative to the boundary ``b = start(w+1)``):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from peers.node.base import NodeOptions
 from peers.node.data import default_data_dir
 from peers.peer import Peer, PeerOptions
 from peers.sim.scenario import Scenario
-from peers.sim.summary import WindowView
+from peers.sim.summary import SimRun, WindowView, note_entries, window_lines
 from peers.validator import Validator
 
 log = logging.getLogger("gauntlet.lockstep")
@@ -149,7 +148,7 @@ def _advance_to(net: LockstepNetwork, block: int) -> None:
 def run(net: LockstepNetwork, windows: int) -> list[dict]:
     """Run ``windows`` more windows."""
     return [run_window(net) for _ in range(windows)]
-def run_lockstep(scenario: Scenario, progress) -> tuple[list[WindowView], dict[str, str], float, int]:
+def run_lockstep(scenario: Scenario, progress) -> SimRun:
     """Run a scenario in lockstep: the per-window views, each peer's hotkey, the honest peers' mean
     message size and the model's parameter count."""
     cfg = scenario.config_for()
@@ -179,11 +178,12 @@ def run_lockstep(scenario: Scenario, progress) -> tuple[list[WindowView], dict[s
         weights = {name: row.get(uid_of[h], 0.0) for name, h in hotkeys.items()}
         peers = {by_hotkey[h]: f for h, f in record["peers"].items() if h in by_hotkey}
         weights_window = w if record.get("weights") else weights_window
-        views.append(WindowView(w, loss, weights, peers, {"window_s": round(time.time() - t0, 2)}, weights_window))
-        for name, peer in net.peers.items():
-            if behaviours[name].name == "honest":
-                lines = (peer.opts.run_dir / "metrics.jsonl").read_text().splitlines()
-                sizes += [json.loads(lines[-1]).get("bytes_sent", 0)]
-        progress.window_done(views[-1], scenario)
+        view = WindowView(w, loss, weights, peers, {"window_s": round(time.time() - t0, 2)}, weights_window)
+        lines = [window_lines(peer.opts.run_dir / "metrics.jsonl").get(w, {}) for name, peer in net.peers.items()
+                 if behaviours[name].name == "honest"]
+        note_entries(view, lines, by_hotkey)
+        sizes += [line.get("bytes_sent", 0) for line in lines]
+        views.append(view)
+        progress.window_done(view, scenario)
     mean_bytes = sum(sizes) / len(sizes) if sizes else 0.0
-    return views, hotkeys, mean_bytes, sum(p.numel() for p in net.validator.model.parameters())
+    return SimRun(views, hotkeys, mean_bytes, sum(p.numel() for p in net.validator.model.parameters()))

@@ -105,10 +105,14 @@ def write_outputs(scenario: Scenario, views: list[WindowView], summary: dict, cf
     out = scenario.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    behaviours = scenario.nodes()
     with open(out / "metrics.jsonl", "w", encoding="utf-8") as fh:
         for v in views:
             fh.write(json.dumps({"window": v.window, "val_loss": v.val_loss, "weights": v.weights, "peers": v.peers,
-                                 "phase_s": v.phase_s}) + "\n")
+                                 "phase_s": v.phase_s, "aggregated": v.aggregated,
+                                 "adversaries_aggregated": [n for n in v.aggregated
+                                                            if behaviours.get(n, "honest") != "honest"],
+                                 "list_rules": v.list_rules, "list_late": v.list_late}) + "\n")
     write_report(out, scenario, views, summary, cfg, parameters)
 
 
@@ -121,6 +125,24 @@ def write_report(out: Path, scenario: Scenario, views: list[WindowView], summary
     plot_ratings(views, behaviours, out / "ratings.png")
     plot_factors(views, behaviours, out / "factors.png")
     (out / "report.md").write_text(_headline(scenario, views, summary, cfg, parameters) + EXPLAINED)
+
+
+def entered_line(summary: dict) -> str:
+    """What entered the model, in one sentence (the report and the command's output)."""
+    first, late = summary["first_list_window"], summary["windows_list_late"]
+    after, total = summary["adversary_messages_aggregated"], summary["adversary_messages_aggregated_total"]
+    lists = ("no peer list named anyone: every valid message counted" if first is None else
+             f"**{after}** adversary messages entered an honest peer's aggregate after the first peer list "
+             f"(window {first}), {total - after} before it, while every valid message counted")
+    return f"What entered the model: {lists}; windows aggregated without the window's list in time: **{late}**."
+
+
+def _behind(summary: dict) -> str:
+    slow = summary.get("cannot_keep_up") or []
+    if not slow:
+        return ""
+    rows = "\n".join(f"  - {s['node']} (from window {s['window']}): {s['what']}" for s in slow)
+    return f"- Nodes that warned they cannot keep up with the windows:\n{rows}\n"
 
 
 def _headline(scenario: Scenario, views: list[WindowView], summary: dict, cfg: GauntletConfig, parameters: int) -> str:
@@ -141,7 +163,8 @@ and at the last one (`{cfg.validator.policy}` policy).
 - Honest peers' share of the weight: **{summary['honest_weight_share']:.1%}**.
 - Each update was **{summary['bytes_per_message']:,.0f} bytes** on the wire, against
   {4 * parameters:,} bytes for a dense fp32 pseudo-gradient of the {parameters:,} parameters.
-
+- {entered_line(summary)}
+{_behind(summary)}
 ## Who got paid
 
 | peer | behaviour | weight | rating (μ − 3σ) | final score | flagged | why |

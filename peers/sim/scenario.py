@@ -13,7 +13,10 @@ DEFAULT_ADVERSARIES = ["free-rider", "copier", "noisy-copier", "random-data", "n
                        "late", "malformed"]
 # Small, fast settings for a laptop CPU; --config / --set override them.
 SIMULATION_DEFAULTS = ["inner.steps=4", "train.batch_size=4", "data.seq_len=64", "inner.warmup_steps=2",
-                       "inner.lr=3e-3", "train.eval_batches=1", "validator.checkpoint_every=5"]
+                       "inner.lr=3e-3", "train.eval_batches=1", "validator.checkpoint_every=5",
+                       # loss tests on all 16 assigned sequences and 64 random ones: with 8 random
+                       # sequences the random batch's luck decides the uniqueness indicator of the window
+                       "validator.eval_own_sequences=16", "validator.eval_random_sequences=64"]
 LOCKSTEP_TIMING = ["timing.blocks_per_window=10", "timing.upload_slot_s=20"]  # 12-second blocks, virtual
 LIVE_TIMING = ["timing.blocks_per_window=12", "timing.upload_slot_s=4", "timing.slot_grace_s=0.5",
                "timing.gather_timeout_s=8"]  # 1-second blocks: 12-second windows of wall time

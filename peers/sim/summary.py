@@ -1,9 +1,13 @@
 """What a simulation says about each window and about the run: the views the report is drawn from,
-why a peer was flagged, and ``summary.json`` (README.md, "What you are looking at", lists its fields)."""
+why a peer was flagged, what entered the model, and ``summary.json`` (README.md, "What you are
+looking at", lists its fields)."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from peers.sim.scenario import Scenario
 
@@ -18,6 +22,53 @@ class WindowView:
     peers: dict[str, dict]  # name -> the validator's factors (status, ordinal, mu, sigma, ma, sync, ...)
     phase_s: dict[str, float] = field(default_factory=dict)
     weights_window: int | None = None  # the window at the end of which ``weights`` were set on chain
+    aggregated: list[str] = field(default_factory=list)  # peers whose message entered an honest peer's aggregate
+    list_rules: dict[str, int] = field(default_factory=dict)  # how honest peers found the list they followed
+    list_late: bool = False  # an honest peer aggregated without the window's own list in time
+
+    @property
+    def listed(self) -> bool:
+        """Whether a list naming peers governed some honest peer's aggregate (rules: ListChoice.rule)."""
+        return any(self.list_rules.get(r) for r in ("list", "fallback", "none"))
+
+
+@dataclass
+class SimRun:
+    """What a simulation mode hands to :func:`summarise` and the report."""
+
+    views: list[WindowView]
+    hotkeys: dict[str, str]  # peer name -> hotkey
+    bytes_per_message: float  # the honest peers' mean message size
+    parameters: int  # of the model
+    behind: list[dict] = field(default_factory=list)  # nodes that warned they cannot keep up (live mode)
+
+
+def window_lines(path: Path) -> dict[int, dict]:
+    """A peer's ``metrics.jsonl`` window lines by window (events such as ``resumed`` left out)."""
+    if not path.exists():
+        return {}
+    lines = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {m["window"]: m for m in lines if "event" not in m and "window" in m}
+
+
+def note_entries(view: WindowView, lines: list[dict], names: dict[str, str]) -> None:
+    """Fill in what entered the model in ``view``'s window from the honest peers' metrics ``lines`` of
+    that window (``names``: hotkey -> peer name)."""
+    view.aggregated = sorted({names.get(h, h[:12]) for line in lines for h in line.get("gathered", [])})
+    consulted = [line for line in lines if line.get("list")]
+    view.list_rules = dict(Counter(line["list"] for line in consulted))
+    # no list can exist for the first window (nothing was evaluated before it)
+    view.list_late = view.window > 0 and any(not line.get("list_in_time") for line in consulted)
+
+
+def entries(views: list[WindowView], behaviours: dict[str, str]) -> dict:
+    """The summary's account of what entered the model (README.md, "What you are looking at")."""
+    first = next((v.window for v in views if v.listed), None)
+    adversaries = [[n for n in v.aggregated if behaviours.get(n, "honest") != "honest"] for v in views]
+    return {"first_list_window": first, "windows_list_late": sum(v.list_late for v in views),
+            "adversary_messages_aggregated": sum(len(a) for v, a in zip(views, adversaries)
+                                                 if first is not None and v.window >= first),
+            "adversary_messages_aggregated_total": sum(len(a) for a in adversaries)}
 
 
 def flagged_reasons(views: list[WindowView], name: str) -> list[str]:
@@ -40,9 +91,9 @@ def flagged_reasons(views: list[WindowView], name: str) -> list[str]:
     return reasons
 
 
-def summarise(scenario: Scenario, views: list[WindowView], hotkeys: dict[str, str], bytes_per_message: float,
-              wall_s: float) -> dict:
+def summarise(scenario: Scenario, run: SimRun, wall_s: float) -> dict:
     """``summary.json``, as README.md ("What you are looking at") describes it."""
+    views, hotkeys = run.views, run.hotkeys
     last = views[-1] if views else WindowView(-1, float("nan"), {}, {})
     behaviours = scenario.nodes()
     total = sum(last.weights.values())
@@ -56,5 +107,6 @@ def summarise(scenario: Scenario, views: list[WindowView], hotkeys: dict[str, st
                       "final_score": round(float(f.get("final", 0.0)), 6) + 0.0,  # + 0.0: no "-0.0"
                       "flagged": bool(flagged_reasons(views, name))})
     share = round(honest / total, 6) if total else 0.0
-    return {"windows": len(views), "wall_s": round(wall_s, 2), "bytes_per_message": round(bytes_per_message, 1),
-            "loss": [round(v.val_loss, 5) for v in views], "honest_weight_share": share, "peers": peers}
+    return {"windows": len(views), "wall_s": round(wall_s, 2), "bytes_per_message": round(run.bytes_per_message, 1),
+            "loss": [round(v.val_loss, 5) for v in views], "honest_weight_share": share,
+            **entries(views, behaviours), "cannot_keep_up": run.behind, "peers": peers}
