@@ -6,7 +6,9 @@ default, which a network without validators needs for late joiners) they fill th
 ``150M`` preset's aggregates alone are 340 MB a window. With ``--retain K`` a node keeps the last K
 windows of them — enough for a peer that was away to replay the windows it missed, or to apply a
 validator's aggregates from its last checkpoint on — and its last K checkpoints; the signed window
-records (a few kB each, the audit trail) are never deleted. Each deletion removes one whole object,
+records (a few kB each, the audit trail) and peer lists (about 1.5 kB each; a node whose window's
+list is late looks back for the most recent one in time, and all must find the same) are never
+deleted. Each deletion removes one whole object,
 so a crash mid-way leaves nothing half-pruned; what is left is pruned at the next window or start.
 """
 
@@ -18,7 +20,7 @@ from gauntlet.errors import ConfigError, StorageError
 from gauntlet.storage import ObjectStore, keys
 
 log = logging.getLogger("gauntlet.retention")
-PRUNED_KINDS = ("message", "fingerprint", "aggregate", "peer_list")
+PRUNED_KINDS = ("message", "fingerprint", "aggregate")
 MIN_RETAIN = 3  # a peer replays up to 2 missed windows from the others' messages and aggregates
 
 
