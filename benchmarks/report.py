@@ -227,7 +227,31 @@ def glance(conv: dict | None) -> list[str]:
         x = sc["results"][big]
         lines.append(f"| scaling | validator time per window at {big} peers | {x['validator_max_s']:.1f} s "
                      f"(max) of a {sc['window_budget_s']:.0f} s window |")
+    if a := load("adversaries"):
+        with_, without = a["lockstep"], a["lockstep_no_adversaries"]
+        lines.append(f"| adversaries (lockstep) | final loss with the 9 default adversaries / without; their messages "
+                     f"aggregated after the first list | {with_['final_loss']:.3f} / {without['final_loss']:.3f}; "
+                     f"{with_['adversary_messages_aggregated']} |")
     return lines + [""]
+
+
+def adversaries_section() -> list[str]:
+    a = load("adversaries")
+    if not a:
+        return ["Adversaries: not run (`python benchmarks/adversaries.py`).", ""]
+    runs = [("lockstep, 9 default adversaries", a["lockstep"]), ("lockstep, none", a["lockstep_no_adversaries"])]
+    runs += [("live, 9 default adversaries", a["live"])] if "live" in a else []
+    lines = [f"Adversaries (`python benchmarks/adversaries.py [--live]`): the default simulation (5 honest peers, "
+             f"`tiny`, {a['windows']} windows, seed {a['seed']}) with and without its adversaries. {stamp(a)}.", "",
+             "| run | loss | honest share | largest adversary weight | first list | adversary messages aggregated "
+             "(after it / in all) | windows with a late list | wall |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in runs:
+        lines.append(f"| {name} | {r['first_loss']:.3f} → {r['final_loss']:.3f} | {r['honest_weight_share']:.1%} | "
+                     f"{r['max_adversary_weight']:.4f} | window {r['first_list_window']} | "
+                     f"{r['adversary_messages_aggregated']} / {r['adversary_messages_aggregated_total']} | "
+                     f"{r['windows_list_late']} | {r['wall_s']:.0f} s |")
+    return lines + ["", f"The adversaries cost the shared model {a['lockstep_loss_cost']:+.3f} nats of final loss "
+                        "in lockstep.", ""]
 
 
 def render(plots: bool = True) -> str:
@@ -244,7 +268,7 @@ def render(plots: bool = True) -> str:
     lines += codec_section() + validator_section() + storage_section()
     if plots and (sc := load("scaling")):
         plot_scaling(sc)
-    lines += scaling_section() + sharded_section()
+    lines += scaling_section() + sharded_section() + adversaries_section()
     return "\n".join(lines).rstrip() + "\n\n" + END
 
 

@@ -314,7 +314,7 @@ class Peer(Node):
 
     def _loop(self) -> None:
         nxt, trained = self.window_done + 1, None  # trained: (window, facts) once its message is out
-        stop, fit_checked = self.opts.stop_after_window, False
+        stop, trained_windows, warned = self.opts.stop_after_window, 0, False
         while stop is None or nxt <= stop:
             try:
                 current = self.clock.current_window()
@@ -326,9 +326,9 @@ class Peer(Node):
                 self.clock.wait_until(self.clock.slot(nxt)[1])
                 did_train = trained is not None and trained[0] == nxt
                 apply_s = self._apply_and_finish(nxt, trained[1] if did_train else None)
-                if did_train and not fit_checked:
-                    fit_checked = True
-                    self._check_fit(nxt, trained[1]["train_s"], apply_s)
+                trained_windows += did_train
+                if did_train and trained_windows >= 2 and not warned:  # the first pays one-time costs
+                    warned = self._check_fit(nxt, trained[1]["train_s"], apply_s)
                 nxt += 1
             except (ChainError, StorageError) as exc:
                 log.warning("window %d: %s; retrying in %.0f s", nxt, exc, self.RETRY_S)
@@ -344,18 +344,19 @@ class Peer(Node):
         self.finish(window, result, facts, follows_network=follows)
         return time.monotonic() - started
 
-    def _check_fit(self, window: int, train_s: float, apply_s: float) -> None:
-        """After the first trained window: can training and applying a window fit between the close of
-        the previous window's upload slot and the next boundary? If not, say so, with the window
-        length that would (the peer still works: it applies the windows it cannot train)."""
+    def _check_fit(self, window: int, train_s: float, apply_s: float) -> bool:
+        """From the second trained window on (the first pays one-time costs: allocations, caches):
+        can training and applying a window fit between the close of the previous window's upload slot
+        and the next boundary? If not, say so — once — with the window length that would (the peer
+        still works: it applies the windows it cannot train). Returns whether it warned."""
         t = self.cfg.timing
         window_s = self.clock.window_start(window + 1) - self.clock.window_start(window)
         need = t.upload_slot_s + t.slot_grace_s + apply_s + train_s
         if not math.isfinite(window_s) or window_s <= 0 or need <= 0.8 * window_s:
-            return
+            return False
         block_s = window_s / t.blocks_per_window
         blocks = math.ceil(need / 0.8 / block_s)
-        log.warning("this peer cannot train every window: %d inner steps took %.1f s and applying a window %.1f s; "
+        log.warning("this peer cannot keep up with the windows: %d inner steps took %.1f s and applying a window %.1f s; "
                     "with the upload slot and its grace (%.1f s) that needs about %.1f s, but a window lasts %.1f s. "
                     "It will apply the windows it cannot train without training them. Windows that fit this "
                     "machine need timing.blocks_per_window >= %d (%.0f s at %.2f s per block), or a faster device, "
@@ -363,3 +364,4 @@ class Peer(Node):
                     t.upload_slot_s + t.slot_grace_s, need, window_s, blocks, blocks * block_s, block_s)
         self._event("window_too_short", window=window, train_s=round(train_s, 3), apply_s=round(apply_s, 3),
                     window_s=round(window_s, 3), blocks_per_window_needed=blocks)
+        return True

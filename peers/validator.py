@@ -372,7 +372,7 @@ class Validator(Node):
         if self.book.window < 0:  # a fresh validator starts with the window that just closed, and says so
             self.book.window = max(0, self.clock.current_window() - 1) - 1
             self._save_state()  # so that a crash cannot move that start later
-        nxt, fit_checked = self.book.window + 1, False
+        nxt, evaluated, warned = self.book.window + 1, 0, False
         stop = self.opts.stop_after_window
         while stop is None or nxt <= stop:
             self.clock.wait_until(self.clock.slot(nxt)[1])
@@ -387,19 +387,23 @@ class Validator(Node):
                 self.clock.sleep(self.RETRY_S)
                 continue
             else:
-                if not fit_checked:
-                    fit_checked = True
-                    self._check_fit(nxt, record["durations"]["total_s"])
+                evaluated += 1
+                if evaluated >= 2 and not warned:  # the first evaluation pays one-time costs
+                    warned = self._check_fit(nxt, record["durations"]["total_s"])
             nxt += 1
 
-    def _check_fit(self, window: int, seconds: float) -> None:
-        """The evaluation of a window must end within a window (peers gather the next window with
-        the list it publishes); say so when it takes most of one."""
-        window_s = self.clock.window_start(window + 2) - self.clock.window_start(window + 1)
-        if not math.isfinite(window_s) or seconds <= 0.8 * window_s:
-            return
-        log.warning("evaluating window %d took %.1f s of a %.1f-s window: this validator will fall behind and "
-                    "peers will miss its peer lists. It needs timing.blocks_per_window >= %d at this speed, or "
-                    "fewer loss tests per window (validator.eval_peers=%d).", window, seconds, window_s,
-                    math.ceil(seconds / 0.8 / (window_s / self.cfg.timing.blocks_per_window)),
-                    self.cfg.validator.eval_peers)
+    def _check_fit(self, window: int, seconds: float) -> bool:
+        """The evaluation of window ``w`` starts when its upload slot closes and must store the list
+        for ``w+1`` by that list's deadline; say so — once — when it takes more than 80 % of that
+        time. Returns whether it warned."""
+        t = self.cfg.timing
+        budget = self.clock.list_deadline(window + 1) - self.clock.slot(window)[1]
+        if not math.isfinite(budget) or seconds <= 0.8 * budget:
+            return False
+        block_s = (self.clock.window_start(window + 2) - self.clock.window_start(window + 1)) / t.blocks_per_window
+        log.warning("this validator cannot keep up with the windows: evaluating window %d took %.1f s of the %.1f s "
+                    "between the close of its upload slot and the deadline of the next peer list, so peers will "
+                    "miss its lists. It needs timing.blocks_per_window >= %d at this speed, or fewer loss tests per "
+                    "window (validator.eval_peers=%d).", window, seconds, budget,
+                    math.ceil((seconds / 0.8 + t.upload_slot_s) / block_s), self.cfg.validator.eval_peers)
+        return True

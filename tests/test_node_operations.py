@@ -94,6 +94,20 @@ def test_a_peer_whose_window_work_fits_says_nothing(caplog):
     assert caplog.text == "" and events == []
 
 
+def test_a_validator_that_cannot_store_its_list_in_time_says_which_window_length_would(caplog):
+    from peers.validator import Validator
+
+    cfg = load_config(overrides=["timing.blocks_per_window=24", "timing.upload_slot_s=4", "timing.slot_grace_s=0.5"])
+    chain = types.SimpleNamespace(timestamp=lambda block: 1000.0 + block)  # 1-second blocks: 24-second windows
+    node = types.SimpleNamespace(cfg=cfg, clock=WindowClock(chain, cfg.timing, NodeMetrics("validator", "5Fv")))
+    with caplog.at_level(logging.WARNING, logger="gauntlet.validator"):
+        assert not Validator._check_fit(node, 3, 16.0)  # 16 s of the 20 s before the next list's deadline: fits
+        assert caplog.text == ""
+        assert Validator._check_fit(node, 3, 16.5)
+    assert "took 16.5 s of the 20.0 s between the close of its upload slot" in caplog.text
+    assert "timing.blocks_per_window >= 25" in caplog.text  # 16.5 / 0.8 + 4 = 24.6 s
+
+
 def test_a_stop_request_ends_a_wait_promptly():
     genesis = time.time() - 10.0  # one-second blocks
     chain = types.SimpleNamespace(block=lambda: int(time.time() - genesis), timestamp=lambda b: genesis + b)

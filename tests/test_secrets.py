@@ -29,7 +29,7 @@ def test_no_artefact_of_a_live_simulation_holds_a_write_key(tmp_path, moto_port,
     out = tmp_path / "run"
     assert main(["simulate", "--out", str(out), "--data-dir", str(tmp_path / "data"), "--quiet", "--mode", "live",
                  "--storage", f"s3://sec-{tag}-{{name}}?endpoint_url={endpoint}&region=us-east-1", "--honest", "2",
-                 "--adversary", "free-rider", "--windows", "1"]) == 0
+                 "--adversary", "free-rider", "--windows", "1", "--set", "timing.blocks_per_window=12"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["windows"] == 1 and json.loads((out / "crashed.json").read_text()) == {}
     weights = {p["name"]: p["weight"] for p in summary["peers"]}

@@ -72,7 +72,8 @@ def test_bad_scenarios_are_explained(tmp_path, data_dir, capsys):
 def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     summary = simulate(tmp_path / "live", data_dir, "--mode", "live", "--honest", "2", "--adversary", "noise",
-                       "--adversary", "custom_adversary:Crasher", "--windows", "5")
+                       "--adversary", "custom_adversary:Crasher", "--windows", "5",
+                       "--set", "timing.blocks_per_window=12")  # 4 nodes: 12-second windows suffice
     crashed = json.loads((tmp_path / "live" / "crashed.json").read_text())
     assert crashed == {"crasher": 3}
     weights = {p["name"]: p["weight"] for p in summary["peers"]}

@@ -77,7 +77,7 @@ class Progress:
         return table
 
     def phase(self, text: str, window: int | None = None) -> None:
-        changed = (text, str(window)) != (self.state["phase"], self.state["window"])
+        changed = text != self.state["phase"] or (window is not None and str(window) != self.state["window"])
         self.state["phase"] = text
         if window is not None:
             self.state["window"] = str(window)
@@ -167,6 +167,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     print_table(summary, run.views)
     print("\n" + entered_line(summary).replace("**", ""))
     for slow in summary["cannot_keep_up"]:
-        print(f"warning: {slow['node']} could not keep up (from window {slow['window']}): {slow['what']}")
+        print(f"warning: {slow['node']} cannot keep up with the windows: {slow['what']}")
     print(f"\nrun directory: {args.out}  (summary.json, metrics.jsonl, report.md, *.png)")
     return 0

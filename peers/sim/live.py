@@ -95,9 +95,9 @@ def run_live(scenario: Scenario, progress) -> SimRun:
         server.stop()
     hotkeys = {n: scenario.identity(n).hotkey for n in scenario.nodes()}
     model = build_model(cfg.model, 256, cfg.data.seq_len, seed=cfg.seed)
-    behind = cannot_keep_up(scenario, views, cfg.timing.blocks_per_window * BLOCK_TIME)
+    behind = cannot_keep_up(scenario)
     for slow in behind:
-        log.warning("%s could not keep up: %s", slow["node"], slow["what"])
+        log.warning("%s warned that it cannot keep up with the windows: %s", slow["node"], slow["what"])
     return SimRun(views, hotkeys, _mean_message_bytes(scenario), sum(p.numel() for p in model.parameters()), behind)
 
 
@@ -105,22 +105,17 @@ def _lines(scenario: Scenario, name: str) -> dict[int, dict]:
     return window_lines(scenario.out.resolve() / "nodes" / name / "state" / "metrics.jsonl")
 
 
-def cannot_keep_up(scenario: Scenario, views: list[WindowView], window_s: float) -> list[dict]:
-    """Nodes that warned they cannot keep up: peers whose first trained window showed training and
-    applying need more than 80 % of a window (their ``window_too_short`` event), and the validator
-    in every window whose evaluation took more than 80 % of one (its records' durations)."""
+def cannot_keep_up(scenario: Scenario) -> list[dict]:
+    """The nodes that warned that they cannot keep up with the windows (peers: training and applying
+    a window need more than 80 % of one; the validator: evaluating a window takes more than 80 % of
+    the time before its next peer list is due), from their logs: node, time, the warning."""
     found = []
-    for name in scenario.nodes():
-        path = scenario.out.resolve() / "nodes" / name / "state" / "metrics.jsonl"
-        events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        for e in (e for e in events if e.get("event") == "window_too_short"):
-            found.append({"node": name, "window": e["window"], "what": f"training and applying a window take about "
-                          f"{e['train_s'] + e['apply_s']:.1f} s of a {e['window_s']:.1f}-s window (it needs "
-                          f"timing.blocks_per_window >= {e['blocks_per_window_needed']})"})
-    slow = [(v.window, v.phase_s.get("validator_s", 0.0)) for v in views if v.phase_s.get("validator_s", 0.0) > 0.8 * window_s]
-    if slow:
-        found.append({"node": "validator", "window": slow[0][0], "what": f"evaluating took more than 80 % of the "
-                      f"{window_s:.0f}-s window in {len(slow)} windows (the longest {max(t for _, t in slow):.1f} s)"})
+    for name in ["validator", *scenario.nodes()]:
+        path = scenario.out.resolve() / "nodes" / f"{name}.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        for line in (line for line in lines if "WARNING" in line and "cannot keep up" in line):
+            found.append({"node": name, "at": line[:23], "what": line.split("cannot keep up with the windows:", 1)[-1]
+                          .strip()})
     return found
 
 

@@ -141,7 +141,7 @@ def _behind(summary: dict) -> str:
     slow = summary.get("cannot_keep_up") or []
     if not slow:
         return ""
-    rows = "\n".join(f"  - {s['node']} (from window {s['window']}): {s['what']}" for s in slow)
+    rows = "\n".join(f"  - {s['node']} ({s['at']}): {s['what']}" for s in slow)
     return f"- Nodes that warned they cannot keep up with the windows:\n{rows}\n"
 
 
@@ -185,8 +185,10 @@ EXPLAINED = """
 ![validation loss](loss.png)
 
 The shared model's loss on held-out data after each window's outer step. It falls while adversaries
-attack: their updates are either excluded from the aggregate (missing, late, invalid), clipped to the
-median norm, or outweighed.
+attack: missing, late and invalid updates never count, and from the validator's first peer list on
+only peers whose loss tests show that their updates help are aggregated. Before that list — while
+nobody has been rated yet — every valid update counts, and clipping each to the median norm limits
+what an attacker can do.
 
 ## Weights
 

@@ -18,8 +18,11 @@ SIMULATION_DEFAULTS = ["inner.steps=4", "train.batch_size=4", "data.seq_len=64",
                        # sequences the random batch's luck decides the uniqueness indicator of the window
                        "validator.eval_own_sequences=16", "validator.eval_random_sequences=64"]
 LOCKSTEP_TIMING = ["timing.blocks_per_window=10", "timing.upload_slot_s=20"]  # 12-second blocks, virtual
-LIVE_TIMING = ["timing.blocks_per_window=12", "timing.upload_slot_s=4", "timing.slot_grace_s=0.5",
-               "timing.gather_timeout_s=8"]  # 1-second blocks: 12-second windows of wall time
+# 1-second blocks: 24-second windows of wall time. With the 15 processes of the default network on 2
+# cores a peer needs about 3 s to train and apply a window, and the validator about 8 s (16 s for the
+# first window) to evaluate one, which must end by the next list's deadline, 20 s after the slot closes.
+LIVE_TIMING = ["timing.blocks_per_window=24", "timing.upload_slot_s=4", "timing.slot_grace_s=0.5",
+               "timing.gather_timeout_s=8"]
 
 
 @dataclass
