@@ -161,8 +161,10 @@ class ValidatorConfig(_Section):
     tier_next: int = Field(10, ge=0)
     tier_decay: float = Field(0.5, gt=0, le=1)
     reserves: int = Field(5, ge=0, description="Reserve peers listed after the top G.")
-    list_min_ma: float = Field(0.2, ge=0, le=1, description="Uniqueness moving average a peer needs before it is "
-                               "listed (aggregated): 0.2 takes five loss tests that all show its own-data advantage.")
+    list_min_ma: float = Field(0.4, ge=0, le=1, description="Uniqueness moving average a peer needs before it is "
+                               "listed (aggregated): 0.4 takes ten loss tests that all show its own-data advantage.")
+    list_min_final_ratio: float = Field(0.2, ge=0, le=1, description="A listed peer's final score is at least this "
+                                        "fraction of the best final score of the window.")
     checkpoint_every: int = Field(10, ge=1)
     weight_sample: int = Field(1024, ge=16, description="Weights sampled for the sync check.")
 

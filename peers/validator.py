@@ -229,7 +229,8 @@ class Validator(Node):
         until the first peer qualifies; after that it names only qualified peers, even none."""
         g, reserves, window = self.cfg.sparseloco.top_g, self.cfg.validator.reserves, ev.window
         records = self.book.records
-        ranked = sorted((h for h in ev.present if self._helps(h, ev)),
+        best = max((r.final for r in records.values()), default=0.0)
+        ranked = sorted((h for h in ev.present if self._helps(h, ev, best)),
                         key=lambda h: (-records[h].final, -records[h].ordinal, h))
         if ranked and self.book.first_list < 0:
             self.book.first_list = window + 1
@@ -245,15 +246,17 @@ class Validator(Node):
         self._publish(ev, key, encode_peer_list(window + 1, ranked[:g], ranked[g : g + reserves], run=self.run_hash,
                                                 signer=self.identity, open=self.book.first_list < 0))
 
-    def _helps(self, hotkey: str, ev: Evaluation) -> bool:
+    def _helps(self, hotkey: str, ev: Evaluation, best_final: float) -> bool:
         """Whether ``hotkey``'s evaluations show that its updates help: a valid message in the slot this
-        window, in sync, no copy finding, not banned; a positive score in its last loss test, a positive
-        final score and a uniqueness moving average of at least ``validator.list_min_ma``."""
+        window, in sync, no copy finding, not banned; a positive score in its last loss test, a
+        uniqueness moving average of at least ``validator.list_min_ma``, and a final score of at least
+        ``validator.list_min_final_ratio`` of the best one (``best_final``)."""
         rec, why, v = self.book.records[hotkey], ev.why[hotkey], self.cfg.validator
         behind = why.get("steps_behind")
         return (why.get("status") == "present" and "copy" not in why and not why.get("banned")
                 and (behind == "unknown" or isinstance(behind, (int, float)) and behind <= v.sync_penalty_steps)
-                and rec.last_score > 0 and rec.final > 0 and rec.ma >= v.list_min_ma)
+                and rec.last_score > 0 and rec.ma >= v.list_min_ma
+                and rec.final > 0 and rec.final >= v.list_min_final_ratio * best_final)
 
     def _set_weights(self, ev: Evaluation) -> None:
         """Every ``weights_every`` windows, and at the last window before stopping."""
