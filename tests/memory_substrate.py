@@ -107,6 +107,8 @@ class MemorySubstrate:
             "max_uids": 256, "hotkeys": [x["hotkey"] for x in n], "coldkeys": [x["coldkey"] for x in n],
             "validator_permit": [x["permit"] for x in n], "total_stake": [x["stake"] for x in n],
             "active": [True for _ in n], "last_update": [0 for _ in n],
+            "incentives": [x.get("incentive", 0) for x in n], "dividends": [x.get("dividends", 0) for x in n],
+            "emission": [x.get("emission", 0) for x in n], "alpha_stake": [x["stake"] for x in n],
         }
 
     async def constant(self, module: str, name: str) -> Any:

@@ -132,7 +132,10 @@ def test_chain_rules_are_enforced(tmp_path):
     chain.register(miner.hotkey, stake=5.0, validator_permit=True)
     with pytest.raises(ChainError, match="zero"):
         chain.set_weights(miner, {0: 0.0})
+    with pytest.raises(ChainError, match=r"uid\(s\) \[1\], not registered"):
+        chain.set_weights(miner, {0: 1.0, 1: 1.0})
     chain.set_weights(miner, {0: 1.0})
+    chain.register(stranger.hotkey)
     chain.advance(3)
     chain.set_weights(miner, {0: 2.0, 1: 2.0})
     assert chain.weights_history(0) == [(0, {0: 1.0}), (3, {0: 0.5, 1: 0.5})]

@@ -20,6 +20,18 @@ class Neuron:
 
 
 @dataclass(frozen=True)
+class Payout:
+    """What the chain's last epoch gave a uid (docs/payouts.md)."""
+
+    uid: int
+    hotkey: str
+    incentive: float  # its share of the miners' emission, 0..1
+    dividends: float  # its share of the validators' emission, 0..1
+    emission: int  # paid to it at the last epoch, in the chain's smallest unit
+    balance: int  # local chain: everything paid to it so far; Bittensor: its stake, where emission accrues
+
+
+@dataclass(frozen=True)
 class Commitment:
     hotkey: str
     data: bytes
@@ -68,6 +80,10 @@ class Chain(Protocol):
 
     def weights(self) -> dict[int, dict[int, float]]:
         """The latest weights of each validator uid, each row normalised to sum to 1."""
+        ...
+
+    def payouts(self) -> list[Payout]:
+        """Every uid's incentive, dividends and emission at the last epoch, and its balance."""
         ...
 
     def close(self) -> None: ...

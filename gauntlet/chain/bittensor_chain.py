@@ -33,6 +33,7 @@ from gauntlet.chain.base import (
     Commitment,
     HotkeySigner,
     Neuron,
+    Payout,
     normalise,
 )
 from gauntlet.errors import ChainError
@@ -118,6 +119,15 @@ class BittensorChain:
             raise ChainError(f"subnet {self.netuid} does not exist on {self.network}")
         return [Neuron(n.uid, n.hotkey, float(n.total_stake.rao) / 1e9, bool(n.validator_permit))
                 for n in graph.neurons]
+
+    def payouts(self) -> list[Payout]:
+        """The metagraph's incentive, dividends and emission of the last epoch; the balance is the
+        hotkey's stake on the subnet, where its emission accrues."""
+        graph = self._run(self._client.subnets.metagraph(self.netuid, commitments=False), "read the metagraph")
+        if graph is None:
+            raise ChainError(f"subnet {self.netuid} does not exist on {self.network}")
+        return [Payout(n.uid, n.hotkey, float(n.incentive), float(n.dividends), int(n.emission.rao),
+                       int(n.total_stake.rao)) for n in graph.neurons]
 
     def commit(self, signer: HotkeySigner, data: bytes) -> None:
         if len(data) > MAX_COMMITMENT_BYTES:
