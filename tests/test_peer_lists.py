@@ -157,19 +157,19 @@ def test_with_the_list_late_in_alternate_windows_every_node_falls_back_alike(tmp
         "inner.lr=3e-3", "timing.blocks_per_window=10", "timing.upload_slot_s=20", "model.device=cpu",
         "train.eval_batches=1", "validator.eval_own_sequences=16", "validator.eval_random_sequences=64",
         "validator.list_min_ma=0.1"])  # listed after 3 loss tests that show the own-data advantage
-    behaviours = {"honest-0": Behaviour(), "honest-1": Behaviour(), "honest-2": Behaviour(), "noise": Noise(),
-                  "sign-flip": SignFlip(), "random-data": RandomDataTrainer()}
+    behaviours = {"honest-0": Behaviour(), "honest-1": Behaviour(), "noise": Noise(), "sign-flip": SignFlip(),
+                  "random-data": RandomDataTrainer()}
     net = build(tmp_path / "net", cfg, behaviours, data_dir)
     adversaries = {net.peers[n].identity.hotkey for n in ("noise", "sign-flip", "random-data")}
     rules, first_list = [], None
-    for window in range(9):
+    for window in range(7):
         record = run_window(net)
         lines = {n: json.loads((p.opts.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
                  for n, p in net.peers.items()}
         assert {line["window"] for line in lines.values()} == {window}
         # every node that follows the network ends the window on the validator's weights
         assert {lines[n]["fingerprint"] for n in lines} == {record["fingerprint"]}, window
-        honest = [lines[n] for n in ("honest-0", "honest-1", "honest-2")]
+        honest = [lines[n] for n in ("honest-0", "honest-1")]
         assert all(set(line["gathered"]) == set(record["aggregated"]) for line in honest)
         rules.append({line["list"] for line in honest})
         if first_list is None and rules[-1] & {"list", "fallback"}:
@@ -180,7 +180,8 @@ def test_with_the_list_late_in_alternate_windows_every_node_falls_back_alike(tmp
             key = net.validator.store.root / keys.peer_list(cfg.run_name, window + 1)
             stamp = net.validator.clock.list_deadline(window + 1) + 1.0
             os.utime(key, (stamp, stamp))
-    assert first_list is not None and first_list <= 5, rules
+    assert first_list is not None and first_list <= 4, rules  # three winning tests: listed from window 3
     assert rules[0] == {"open"}
-    for window in range(first_list + 1, 9):  # odd windows follow the previous window's list
+    for window in range(first_list + 1, 7):  # odd windows follow the previous window's list
         assert rules[window] == ({"fallback"} if window % 2 else {"list"}), (window, rules)
+    assert {"fallback"} in rules[first_list + 1:]
