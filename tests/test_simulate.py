@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
 SUMMARY_KEYS = {"windows", "wall_s", "bytes_per_message", "loss", "honest_weight_share", "first_list_window",
                 "windows_list_late", "adversary_messages_aggregated", "adversary_messages_aggregated_total",
-                "cannot_keep_up", "peers"}
-PEER_KEYS = {"name", "behaviour", "hotkey", "weight", "ordinal", "final_score", "flagged"}
+                "cannot_keep_up", "honest_token_share", "emission", "validators", "peers"}
+PEER_KEYS = {"name", "behaviour", "hotkey", "weight", "ordinal", "final_score", "flagged", "tokens"}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,13 @@ def test_lockstep_run_with_a_custom_adversary_is_reported_and_reproducible(tmp_p
     assert first["windows_list_late"] == 0 and first["cannot_keep_up"] == []  # lockstep is never late
     assert lines[0]["list_rules"] == {"open": 3} and set(lines[0]["adversaries_aggregated"]) >= {"noise", "zeroes"}
     assert first["adversary_messages_aggregated_total"] == sum(len(m["adversaries_aggregated"]) for m in lines)
+    # the chain paid: an epoch every 20 blocks (each time weights are set) and one after the run
+    assert [e["block"] for e in first["emission"]] == [20, 40, 60, 80]
+    minted = sum(e["owner"] + e["miners"] + e["validators"] for e in first["emission"])
+    assert minted == pytest.approx(4 * 20, abs=1e-6)  # one token a block
+    assert first["validators"][0]["name"] == "validator" and first["validators"][0]["tokens"] > 0
+    assert sum(p["tokens"] for p in first["peers"]) == pytest.approx(sum(e["miners"] for e in first["emission"]))
+    assert first["honest_token_share"] >= 0.9
     assert "last weights on chain, set after window 5" in (tmp_path / "a" / "report.md").read_text()
     # same seed, lockstep: the same windows again, identical apart from timings (the first 3 suffice)
     simulate(tmp_path / "b", data_dir, *scenario, "--windows", "3")

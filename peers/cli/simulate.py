@@ -108,10 +108,10 @@ def print_table(summary: dict, views) -> None:
     table = Table(title=f"after {summary['windows']} windows: honest share {summary['honest_weight_share']:.1%}, "
                         f"loss {summary['loss'][0]:.3f} → {summary['loss'][-1]:.3f}" if summary["loss"] else "",
                   caption=weights_caption(views))
-    for col in ("peer", "behaviour", "weight", "rating", "final score", "flagged", "why"):
-        table.add_column(col, justify="right" if col in ("weight", "rating", "final score") else "left")
+    for col in ("peer", "behaviour", "weight", "tokens", "rating", "final score", "flagged", "why"):
+        table.add_column(col, justify="right" if col in ("weight", "tokens", "rating", "final score") else "left")
     for p in sorted(summary["peers"], key=lambda p: -p["weight"]):
-        table.add_row(p["name"], p["behaviour"], f"{p['weight']:.4f}", f"{p['ordinal']:.2f}",
+        table.add_row(p["name"], p["behaviour"], f"{p['weight']:.4f}", f"{p['tokens']:.2f}", f"{p['ordinal']:.2f}",
                       f"{p['final_score']:.3f}", "yes" if p["flagged"] else "no",
                       ", ".join(flagged_reasons(views, p["name"])) or "—")
     Console(width=None if sys.stdout.isatty() else 140).print(table)
@@ -129,7 +129,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     # deferred so that `gauntlet --help` stays quick: these load torch, transformers and the nodes
     from peers.behaviours import load_behaviour
     from peers.sim.lockstep import run_lockstep
-    from peers.sim.report import entered_line, write_outputs
+    from peers.sim.report import entered_line, tokens_line, write_outputs
 
     setup_logging(args.quiet)
     for noisy in ("gauntlet.peer", "gauntlet.validator", "gauntlet.node", "matplotlib"):
@@ -166,6 +166,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     write_outputs(scenario, run.views, summary, cfg, run.parameters)
     print_table(summary, run.views)
     print("\n" + entered_line(summary).replace("**", ""))
+    print(tokens_line(summary).replace("**", ""))
     for slow in summary["cannot_keep_up"]:
         print(f"warning: {slow['node']} cannot keep up with the windows: {slow['what']}")
     print(f"\nrun directory: {args.out}  (summary.json, metrics.jsonl, report.md, *.png)")

@@ -29,7 +29,7 @@ from gauntlet.errors import ConfigError
 from gauntlet.models import build_model
 from gauntlet.storage import keys, open_store
 from peers.node.data import default_data_dir
-from peers.sim.scenario import Scenario
+from peers.sim.scenario import Scenario, chain_tempo
 from peers.sim.summary import SimRun, WindowView, note_entries, window_lines
 
 log = logging.getLogger("gauntlet.simulate")
@@ -79,7 +79,8 @@ def run_live(scenario: Scenario, progress) -> SimRun:
     if not chain_url.startswith("local://"):
         raise ConfigError("a live simulation registers throwaway keys, so it needs a local:// chain")
     nodes = {"validator": None, **scenario.nodes()}
-    chain = LocalChain(chain_url.removeprefix("local://").split("?")[0], block_time=BLOCK_TIME, genesis=math.inf)
+    chain = LocalChain(chain_url.removeprefix("local://").split("?")[0], block_time=BLOCK_TIME, genesis=math.inf,
+                       tempo=chain_tempo(cfg))
     for name in nodes:
         chain.register(scenario.identity(name).hotkey, stake=1000.0 if name == "validator" else 0.0,
                        validator_permit=name == "validator")
@@ -98,7 +99,9 @@ def run_live(scenario: Scenario, progress) -> SimRun:
     behind = cannot_keep_up(scenario)
     for slow in behind:
         log.warning("%s warned that it cannot keep up with the windows: %s", slow["node"], slow["what"])
-    return SimRun(views, hotkeys, _mean_message_bytes(scenario), sum(p.numel() for p in model.parameters()), behind)
+    return SimRun(views, hotkeys, _mean_message_bytes(scenario), sum(p.numel() for p in model.parameters()), behind,
+                  payouts=chain.payouts(), epochs=chain.epochs(),
+                  validators={"validator": scenario.identity("validator").hotkey})
 
 
 def _lines(scenario: Scenario, name: str) -> dict[int, dict]:

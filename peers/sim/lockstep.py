@@ -35,7 +35,7 @@ from peers.behaviours import Behaviour, load_behaviour
 from peers.node.base import NodeOptions
 from peers.node.data import default_data_dir
 from peers.peer import Peer, PeerOptions
-from peers.sim.scenario import Scenario
+from peers.sim.scenario import Scenario, chain_tempo
 from peers.sim.summary import SimRun, WindowView, note_entries, window_lines
 from peers.validator import Validator
 
@@ -71,13 +71,14 @@ def node_identity(seed: int, name: str) -> Identity:
 
 
 def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], data_dir: Path,
-          block_time: float = 12.0, identity=None, stop_after_window: int | None = None) -> LockstepNetwork:
+          block_time: float = 12.0, identity=None, stop_after_window: int | None = None,
+          tempo: int = 360) -> LockstepNetwork:
     """Create (or reopen, after a crash) a lockstep network in ``out``: chain, stores, nodes.
     ``identity(name)`` gives each node's key (default: derived from the seed and the name);
     ``stop_after_window``: the run's last window (the validator sets weights there too)."""
     out = Path(out)
     clock = VirtualClock()
-    chain = LocalChain(out / "chain.db", clock="manual", block_time=block_time, now=clock)
+    chain = LocalChain(out / "chain.db", clock="manual", block_time=block_time, now=clock, tempo=tempo)
     if chain.block() > 0:  # reopening: continue the virtual clock where the chain is
         clock.now = chain.timestamp(chain.block())
     cache: dict = {}
@@ -160,7 +161,8 @@ def run_lockstep(scenario: Scenario, progress) -> SimRun:
     open_dataset(cfg.data, data_dir)  # tokenised once here (text sources), or shards checked
     behaviours = {name: load_behaviour(spec) for name, spec in scenario.nodes().items()}
     net = build(scenario.out / "network", cfg, behaviours, data_dir, identity=scenario.identity,
-                stop_after_window=scenario.windows - 1)  # the validator also sets weights at the last window
+                stop_after_window=scenario.windows - 1,  # the validator also sets weights at the last window
+                tempo=chain_tempo(cfg))
     hotkeys = {name: peer.identity.hotkey for name, peer in net.peers.items()}
     by_hotkey = {h: n for n, h in hotkeys.items()}
     val = net.validator.data.validation_batches(4)
@@ -186,4 +188,7 @@ def run_lockstep(scenario: Scenario, progress) -> SimRun:
         views.append(view)
         progress.window_done(view, scenario)
     mean_bytes = sum(sizes) / len(sizes) if sizes else 0.0
-    return SimRun(views, hotkeys, mean_bytes, sum(p.numel() for p in net.validator.model.parameters()))
+    _advance_to(net, net.chain.block() + chain_tempo(cfg))  # the epoch that pays the last weights
+    return SimRun(views, hotkeys, mean_bytes, sum(p.numel() for p in net.validator.model.parameters()),
+                  payouts=net.chain.payouts(), epochs=net.chain.epochs(),
+                  validators={"validator": net.validator.identity.hotkey})

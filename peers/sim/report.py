@@ -137,6 +137,18 @@ def entered_line(summary: dict) -> str:
     return f"What entered the model: {lists}; windows aggregated without the window's list in time: **{late}**."
 
 
+def tokens_line(summary: dict) -> str:
+    """What the chain paid, in one sentence (the report and the command's output)."""
+    epochs = summary.get("emission") or []
+    if not epochs:
+        return "Payouts: the chain ran no epoch in this run."
+    miners = sum(e["miners"] for e in epochs)
+    validators = ", ".join(f"{v['name']} {v['tokens']:.2f} (vtrust {v['vtrust']:.2f})" for v in summary["validators"])
+    return (f"Payouts: {len(epochs)} epochs of Yuma Consensus paid the peers {miners:.2f} tokens — honest peers "
+            f"**{summary['honest_token_share']:.1%}** of them — the validators {validators}, and the subnet owner "
+            f"{sum(e['owner'] for e in epochs):.2f}.")
+
+
 def _behind(summary: dict) -> str:
     slow = summary.get("cannot_keep_up") or []
     if not slow:
@@ -148,7 +160,8 @@ def _behind(summary: dict) -> str:
 def _headline(scenario: Scenario, views: list[WindowView], summary: dict, cfg: GauntletConfig, parameters: int) -> str:
     """The report's opening: what ran, the figures that matter, and who got paid."""
     rows = "\n".join(
-        f"| {p['name']} | {p['behaviour']} | {p['weight']:.4f} | {p['ordinal']:.2f} | {p['final_score']:.3f} | "
+        f"| {p['name']} | {p['behaviour']} | {p['weight']:.4f} | {p['tokens']:.2f} | {p['ordinal']:.2f} | "
+        f"{p['final_score']:.3f} | "
         f"{'yes' if p['flagged'] else 'no'} | {', '.join(flagged_reasons(views, p['name'])) or '—'} |"
         for p in sorted(summary["peers"], key=lambda p: -p["weight"]))
     loss = summary["loss"]
@@ -164,14 +177,17 @@ and at the last one (`{cfg.validator.policy}` policy).
 - Each update was **{summary['bytes_per_message']:,.0f} bytes** on the wire, against
   {4 * parameters:,} bytes for a dense fp32 pseudo-gradient of the {parameters:,} parameters.
 - {entered_line(summary)}
+- {tokens_line(summary)}
 {_behind(summary)}
 ## Who got paid
 
-| peer | behaviour | weight | rating (μ − 3σ) | final score | flagged | why |
-|---|---|---|---|---|---|---|
+| peer | behaviour | weight | tokens | rating (μ − 3σ) | final score | flagged | why |
+|---|---|---|---|---|---|---|---|
 {rows}
 
-*weight*: the share of the validator's last weights on chain{_set_after(views)}. *rating*: the OpenSkill
+*weight*: the share of the validator's last weights on chain{_set_after(views)}. *tokens*: what the
+chain paid the peer over the run (an epoch of Yuma Consensus each time weights are set; see
+docs/payouts.md). *rating*: the OpenSkill
 ordinal, which rises when a peer's update lowers the loss more than the others' in the same window.
 *final score*: rating × max(0, moving average of the uniqueness indicator) × sync score × penalty
 factor. *flagged*: the validator caught it at least once (copying, missing or late uploads, invalid

@@ -25,6 +25,11 @@ LIVE_TIMING = ["timing.blocks_per_window=24", "timing.upload_slot_s=4", "timing.
                "timing.gather_timeout_s=8"]
 
 
+def chain_tempo(cfg: GauntletConfig) -> int:
+    """The simulation's chain runs an epoch (and pays) every time the validator sets weights."""
+    return cfg.timing.blocks_per_window * cfg.validator.weights_every
+
+
 @dataclass
 class Scenario:
     honest: int = 5

@@ -41,6 +41,9 @@ class SimRun:
     bytes_per_message: float  # the honest peers' mean message size
     parameters: int  # of the model
     behind: list[dict] = field(default_factory=list)  # nodes that warned they cannot keep up (live mode)
+    payouts: list = field(default_factory=list)  # the chain's gauntlet.chain.Payout per uid at the end
+    epochs: list[dict] = field(default_factory=list)  # the chain's epochs (LocalChain.epochs)
+    validators: dict[str, str] = field(default_factory=dict)  # validator name -> hotkey
 
 
 def window_lines(path: Path) -> dict[int, dict]:
@@ -91,9 +94,36 @@ def flagged_reasons(views: list[WindowView], name: str) -> list[str]:
     return reasons
 
 
+TOKEN = 10**9  # the chain's smallest units per token
+
+
+def payouts(scenario: Scenario, run: SimRun) -> dict:
+    """Tokens: per peer and per validator (everything the chain paid them), per epoch (owner, miners,
+    validators) and the honest peers' share of the miners' tokens."""
+    by_hotkey = {p.hotkey: p for p in run.payouts}
+    validator_uids = {by_hotkey[h].uid for h in run.validators.values() if h in by_hotkey}
+    tokens = {name: by_hotkey[h].balance / TOKEN if h in by_hotkey else 0.0 for name, h in run.hotkeys.items()}
+    behaviours = scenario.nodes()
+    miners = sum(tokens.values())
+    honest = sum(t for n, t in tokens.items() if behaviours.get(n) == "honest")
+    last = run.epochs[-1] if run.epochs else {}
+    validators = [{"name": name, "behaviour": "honest", "hotkey": h,
+                   "tokens": round(by_hotkey[h].balance / TOKEN, 6) if h in by_hotkey else 0.0,
+                   "vtrust": round(last.get("validator_trust", [])[by_hotkey[h].uid] / 65535, 6)
+                   if h in by_hotkey and by_hotkey[h].uid < len(last.get("validator_trust", [])) else 0.0}
+                  for name, h in run.validators.items()]
+    emission = [{"block": e["block"], "owner": e["owner"] / TOKEN,
+                 "miners": sum(v for u, v in enumerate(e["paid"]) if u not in validator_uids) / TOKEN,
+                 "validators": sum(v for u, v in enumerate(e["paid"]) if u in validator_uids) / TOKEN}
+                for e in run.epochs]
+    return {"tokens": {n: round(t, 6) for n, t in tokens.items()}, "validators": validators, "emission": emission,
+            "honest_token_share": round(honest / miners, 6) if miners else 0.0}
+
+
 def summarise(scenario: Scenario, run: SimRun, wall_s: float) -> dict:
     """``summary.json``, as README.md ("What you are looking at") describes it."""
     views, hotkeys = run.views, run.hotkeys
+    paid = payouts(scenario, run)
     last = views[-1] if views else WindowView(-1, float("nan"), {}, {})
     behaviours = scenario.nodes()
     total = sum(last.weights.values())
@@ -105,8 +135,10 @@ def summarise(scenario: Scenario, run: SimRun, wall_s: float) -> dict:
                       "weight": round(last.weights.get(name, 0.0), 6) + 0.0,
                       "ordinal": round(float(f.get("ordinal", 0.0)), 6) + 0.0,
                       "final_score": round(float(f.get("final", 0.0)), 6) + 0.0,  # + 0.0: no "-0.0"
-                      "flagged": bool(flagged_reasons(views, name))})
+                      "flagged": bool(flagged_reasons(views, name)), "tokens": paid["tokens"].get(name, 0.0)})
     share = round(honest / total, 6) if total else 0.0
     return {"windows": len(views), "wall_s": round(wall_s, 2), "bytes_per_message": round(run.bytes_per_message, 1),
             "loss": [round(v.val_loss, 5) for v in views], "honest_weight_share": share,
-            **entries(views, behaviours), "cannot_keep_up": run.behind, "peers": peers}
+            **entries(views, behaviours), "cannot_keep_up": run.behind,
+            "honest_token_share": paid["honest_token_share"], "emission": paid["emission"],
+            "validators": paid["validators"], "peers": peers}
