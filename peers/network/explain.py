@@ -51,8 +51,8 @@ def _others_part(result: GatherResult, hotkey: str) -> str:
     if result.list_rule == "none":
         return "the validator has published no peer list in time for too long (nobody's message is applied)"
     if result.listed == 0:
-        return f"the validator's list{' of window ' + str(result.list_window) if result.list_rule == 'fallback' else ''}" \
-               " names nobody (no peer has shown yet that its updates help)"
+        which = f" of window {result.list_window}" if result.list_rule == "fallback" else ""
+        return f"the validator's list{which} names nobody (no peer has shown yet that its updates help)"
     others = {
         "uploaded nothing": [h for h in result.missing if h != hotkey],
         "uploaded outside the slot": [h for h in result.outside_slot if h != hotkey],

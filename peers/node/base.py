@@ -118,14 +118,13 @@ class Node:
             except StorageError as exc:
                 list_error = str(exc)
                 log.warning("window %d: cannot read the validator's peer list: %s", window, exc)
-        result = self.gather_listed(window, choice, in_slot=in_slot, network=network, spool=spool)
+        result = self._gather_listed(window, choice, network, in_slot=in_slot, spool=spool)
         result.list_unreadable = list_error
         return result
 
-    def gather_listed(self, window: int, choice: ListChoice | None, in_slot: bool = True,
-                      network: NetworkView | None = None, spool: Spool | None = None) -> GatherResult:
+    def _gather_listed(self, window: int, choice: ListChoice | None, network: NetworkView, in_slot: bool,
+                       spool: Spool | None) -> GatherResult:
         """:meth:`gather` with the governing list already chosen (None: every valid message)."""
-        network = network or self.directory.view()
         listed = None if choice is None else choice.followed
         named = None if listed is None else set(listed.peers) | set(listed.reserves)
         sources = network.stores if named is None else {h: s for h, s in network.stores.items() if h in named}

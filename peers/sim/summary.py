@@ -106,12 +106,14 @@ def payouts(scenario: Scenario, run: SimRun) -> dict:
     behaviours = scenario.nodes()
     miners = sum(tokens.values())
     honest = sum(t for n, t in tokens.items() if behaviours.get(n) == "honest")
-    last = run.epochs[-1] if run.epochs else {}
-    validators = [{"name": name, "behaviour": "honest", "hotkey": h,
-                   "tokens": round(by_hotkey[h].balance / TOKEN, 6) if h in by_hotkey else 0.0,
-                   "vtrust": round(last.get("validator_trust", [])[by_hotkey[h].uid] / 65535, 6)
-                   if h in by_hotkey and by_hotkey[h].uid < len(last.get("validator_trust", [])) else 0.0}
-                  for name, h in run.validators.items()]
+    trust = run.epochs[-1]["validator_trust"] if run.epochs else []  # u16, by uid, at the last epoch
+
+    def validator(name: str, hotkey: str) -> dict:
+        pay = by_hotkey.get(hotkey)
+        vtrust = trust[pay.uid] / 65535 if pay is not None and pay.uid < len(trust) else 0.0
+        return {"name": name, "behaviour": "honest", "hotkey": hotkey, "vtrust": round(vtrust, 6),
+                "tokens": round(pay.balance / TOKEN, 6) if pay is not None else 0.0}
+    validators = [validator(name, h) for name, h in run.validators.items()]
     emission = [{"block": e["block"], "owner": e["owner"] / TOKEN,
                  "miners": sum(v for u, v in enumerate(e["paid"]) if u not in validator_uids) / TOKEN,
                  "validators": sum(v for u, v in enumerate(e["paid"]) if u in validator_uids) / TOKEN}
