@@ -150,9 +150,21 @@ class Malformed(Behaviour):
         return data[: len(data) // 2]
 
 
+class Amplifier(Behaviour):
+    """Trains honestly and sends its update multiplied by ``factor`` (4): a bigger step, hoping that
+    the loss test rewards size. The aggregate clips every update to the window's median norm and the
+    loss test measures it the same way, so it earns no more than an honest peer."""
+
+    name = "amplifier"
+    factor = 4.0
+
+    def pseudo_gradient(self, ctx: WindowContext) -> dict[str, torch.Tensor] | None:
+        return {n: d * self.factor for n, d in ctx.train(ctx.assigned_batches()).items()}
+
+
 BUILT_IN: dict[str, type[Behaviour]] = {
     cls.name: cls for cls in (Behaviour, FreeRider, Copier, NoisyCopier, RandomDataTrainer, Noise, SignFlip, Stale,
-                              LateUploader, Malformed)
+                              LateUploader, Malformed, Amplifier)
 }
 
 

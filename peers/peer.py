@@ -77,21 +77,20 @@ class Peer(Node):
         return self.data.batches(self.data.assigned(window, hotkey or self.identity.hotkey))
 
     def load_checkpoint(self) -> bool:
-        """Jump to the followed validator's latest checkpoint if it is ahead of our state."""
-        source = self.feed.source()
-        if source is None:
-            return False
-        for window in reversed([w for w in self.feed.checkpoints(source) if w > self.window_done]):
-            try:
-                _, tensors = self.feed.artefact(source, "checkpoint", keys.checkpoint(self.run, window), window)
-            except (StorageError, InvalidMessage) as exc:
-                log.warning("skipping checkpoint of window %d: %s", window, exc)
-                continue
-            self.engine.updates.load_full(tensors)
-            self.window_done = window
-            self._event("checkpoint", window=window, validator=source[0])
-            log.info("loaded validator %s's checkpoint of window %d", source[0][:12], window)
-            return True
+        """Jump to the latest checkpoint ahead of our state, from the first validator in stake order
+        that holds one."""
+        for source in self.feed.sources():
+            for window in reversed([w for w in self.feed.checkpoints(source) if w > self.window_done]):
+                try:
+                    _, tensors = self.feed.artefact(source, "checkpoint", keys.checkpoint(self.run, window), window)
+                except (StorageError, InvalidMessage) as exc:
+                    log.warning("skipping checkpoint of window %d: %s", window, exc)
+                    continue
+                self.engine.updates.load_full(tensors)
+                self.window_done = window
+                self._event("checkpoint", window=window, validator=source[0])
+                log.info("loaded validator %s's checkpoint of window %d", source[0][:12], window)
+                return True
         return False
 
     # ------------------------------------------------------------------------------ one window
@@ -249,7 +248,8 @@ class Peer(Node):
                           "missing": result.missing, "outside_slot": sorted(result.outside_slot),
                           "invalid": result.invalid, "failed": result.failed,
                           "used_published_aggregate": result.used_published, "list": result.list_rule,
-                          "list_window": result.list_window, "list_in_time": result.list_in_time, **facts})
+                          "list_window": result.list_window, "list_in_time": result.list_in_time,
+                          "list_validator": result.list_validator, "list_failover": result.list_failover, **facts})
         what = window_line(result, hotkey=self.identity.hotkey, trained=facts.get("trained", True),
                            uploaded=facts.get("uploaded", False), follows_network=follows_network,
                            slot_opened=self.clock.slot(window)[0] + self.cfg.timing.slot_grace_s)

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -34,9 +35,10 @@ from gauntlet.chain import Chain
 from gauntlet.config import GauntletConfig
 from gauntlet.errors import ChainError, InvalidMessage, ObjectNotFound, ObjectTooLarge, StorageError
 from gauntlet.identity import Identity
-from gauntlet.rating import WindowOutcome, power_weights, tiered_weights, update_book
+from gauntlet.rating import WindowOutcome, policy_weights, update_book
 from gauntlet.scoring import LossTest, steps_behind
 from gauntlet.scoring.sampling import choose_for_eval
+from gauntlet.sparseloco.aggregate import median_norms
 from gauntlet.storage import BucketCard, ObjectStore, keys
 from gauntlet.uniqueness import CopyFinding, find_copies, own_eval_indices
 from gauntlet.uniqueness.copying import pair_stats
@@ -52,6 +54,7 @@ from peers.node.book import NAME as STATE_NAME
 from peers.node.book import ValidatorBook, book_from_meta, book_meta
 from peers.node.clock import StopRequested
 from peers.node.state_files import state_size
+from peers.validator_behaviours import ValidatorBehaviour, WeightsContext
 
 log = logging.getLogger("gauntlet.validator")
 
@@ -90,8 +93,10 @@ class Validator(Node):
     ROLE = "validator"
 
     def __init__(self, cfg: GauntletConfig, identity: Identity, chain: Chain, store: ObjectStore,
-                 opts: NodeOptions, eval_secret: bytes | None = None) -> None:
+                 opts: NodeOptions, eval_secret: bytes | None = None,
+                 behaviour: ValidatorBehaviour | None = None) -> None:
         super().__init__(cfg, identity, chain, store, opts)
+        self.behaviour = behaviour or ValidatorBehaviour()
         saved = book_from_meta(self.engine.state.load(str(opts.run_dir), STATE_NAME), opts.run_dir)
         self.book = saved or ValidatorBook(secret=(eval_secret or os.urandom(32)).hex())
         self.scores = open(opts.run_dir / "scores.jsonl", "a", encoding="utf-8")  # one JSON line per peer a window
@@ -102,6 +107,8 @@ class Validator(Node):
     def evaluate_window(self, window: int) -> dict:
         """Everything the validator does for ``window``; call after its upload slot has closed."""
         ev = Evaluation(window, self.directory.view())
+        if not self.behaviour.evaluates:  # it only sets weights (a copier, a lazy validator)
+            return self._weights_only(ev)
         self.spool.keep_only(window)  # what an interrupted evaluation of an earlier window left
         self._gather(ev)
         self._check_sync(ev)
@@ -126,9 +133,9 @@ class Validator(Node):
     def _gather(self, ev: Evaluation) -> None:
         """Every committed peer's message; valid ones wait on disk (decoded one peer at a time later)."""
         ev.result = r = self.gather_retrying(ev.window, use_list=False, network=ev.network, spool=self.spool)
-        # the rule every peer applies, on this validator's own bucket (a StorageError here comes before
-        # anything is scored: the window is evaluated again)
-        ev.choice = self.feed.choose_list(ev.window, source=(self.identity.hotkey, self.store))
+        # the rule every peer applies — the leader's list, or the next validator's by stake when it was
+        # not in time (a StorageError here comes before anything is scored: the window is evaluated again)
+        ev.choice = self.feed.choose_list(ev.window)
         ev.failed = {h: "missing" for h in r.missing}
         ev.failed.update({h: "late" for h in r.outside_slot})
         ev.failed.update({h: f"invalid: {why}" for h, why in r.invalid.items()})
@@ -176,7 +183,8 @@ class Validator(Node):
     # ------------------------------------------------------------------------------------ stage 2
 
     def _test_losses(self, ev: Evaluation) -> None:
-        """Each chosen peer's update alone, scaled, on its own assigned data and the window's random data."""
+        """Each chosen peer's update alone — brought to the window's median norm per tensor, then
+        scaled — on its own assigned data and the window's random data."""
         self.metrics.set_phase("evaluating")
         v, window = self.cfg.validator, ev.window
         salt = hashlib.sha256(bytes.fromhex(self.book.secret) + b"|random").hexdigest()
@@ -184,10 +192,14 @@ class Validator(Node):
         random = self.data.random_batches(window, max(1, v.eval_random_sequences // per_batch), salt=salt)
         random_before = self.engine.measure.mean_loss(random)
         scale = v.eval_lr_factor * self.cfg.sparseloco.outer_lr
+        # every update measured at the window's median norm per tensor (the size the aggregate clips
+        # bigger ones to): multiplying an update changes nothing the test sees
+        norm_to = median_norms(list(ev.result.norms.values())) if self.cfg.sparseloco.clip_to_median else None
         for hotkey in ev.chosen:
             own_idx = own_eval_indices(self.data.assigned(window, hotkey), v.eval_own_sequences, self.cfg.seed, window)
             ev.tests[hotkey] = self.engine.measure.test_update(ev.result.messages[hotkey], scale,
-                                                               self.data.batches(own_idx), random, random_before)
+                                                               self.data.batches(own_idx), random, random_before,
+                                                               norm_to)
 
     # ------------------------------------------------------------------------------------ the book
 
@@ -259,24 +271,40 @@ class Validator(Node):
                 and rec.final > 0 and rec.final >= v.list_min_final_ratio * best_final)
 
     def _set_weights(self, ev: Evaluation) -> None:
-        """Every ``weights_every`` windows, and at the last window before stopping."""
+        """Every ``weights_every`` windows, and at the last window before stopping: the weights the
+        scores give, as the behaviour passes them on (the honest one unchanged)."""
         v = self.cfg.validator
         if (ev.window + 1) % v.weights_every and ev.window != self.opts.stop_after_window:
             return
         uids = ev.network.uids
         finals = {uids[h]: r.final for h, r in self.book.records.items() if h in uids}
-        if v.policy == "power":
-            ev.weights = power_weights(finals, v.power_p)
-        else:
-            ranked = [u for u, f in sorted(finals.items(), key=lambda kv: (-kv[1], kv[0])) if f > 0]
-            ev.weights = tiered_weights(ranked, burn_uid=v.burn_uid, burn_share=v.burn_share, top=v.tier_top,
-                                        top_share=v.tier_top_share, ramp=v.tier_ramp, next_n=v.tier_next,
-                                        decay=v.tier_decay)
+        proposed = policy_weights(finals, v) if self.behaviour.evaluates else None
+        ev.weights = self.behaviour.weights(self._weights_context(ev), proposed or None)
         if ev.weights:
             try:
                 self.chain.set_weights(self.identity, ev.weights)
             except ChainError as exc:
                 log.error("window %d: setting weights failed: %s", ev.window, exc)
+
+    def _weights_context(self, ev: Evaluation) -> WeightsContext:
+        uids = ev.network.uids
+        stakes = {n.uid: n.stake for n in self.chain.metagraph()}
+        seed = int.from_bytes(hashlib.sha256(f"{self.book.secret}|weights|{ev.window}".encode()).digest()[:8], "big")
+        return WeightsContext(ev.window, self.identity.hotkey, uids[self.identity.hotkey], dict(uids),
+                              sorted(uids[h] for h in ev.network.stores if h in uids), stakes, self.chain.weights,
+                              random.Random(seed))
+
+    def _weights_only(self, ev: Evaluation) -> dict:
+        """A window of a validator that evaluates nothing: weights on schedule, the state saved."""
+        self._set_weights(ev)
+        self.book.window = ev.window
+        self._save_state()
+        ev.lap("total_s")
+        self.metrics.finished(ev.window, time.time() - ev.started)
+        log.info("window %d: evaluated nothing (%s)%s", ev.window, self.behaviour.name,
+                 "; weights set" if ev.weights else "")
+        return {"window": ev.window, "fingerprint": None, "aggregated": [], "peers": {},
+                "weights": {str(u): w for u, w in (ev.weights or {}).items()}, "durations": dict(ev.durations)}
 
     def _publish_checkpoint(self, ev: Evaluation) -> None:
         if (ev.window + 1) % self.cfg.validator.checkpoint_every == 0:
@@ -303,6 +331,8 @@ class Validator(Node):
         return {"v": 1, "run": self.run_hash, "run_name": self.run, "window": ev.window, "time": time.time(),
                 "model": {"preset": self.cfg.model.preset, "parameters": sum(math.prod(s) for s in self.spec.values())},
                 "config": self.run_hash, "fingerprint": self.engine.measure.fingerprint(), "aggregated": ev.applied,
+                "followed": {"validator": ev.choice.validator, "rule": ev.choice.rule,
+                             "list_window": ev.choice.list_window, "failover": ev.choice.failover},
                 "peers": {h: {k: v for k, v in ev.why[h].items() if k != "window"} for h in sorted(ev.why)},
                 "declared": declared, "weights": {str(u): w for u, w in (ev.weights or {}).items()},
                 "durations": dict(ev.durations)}
@@ -352,7 +382,8 @@ class Validator(Node):
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self.directory.publish_card(self.opts.card)
+        if self.behaviour.evaluates:  # one that publishes nothing has no bucket for anyone to read
+            self.directory.publish_card(self.opts.card)
         self.clock.wait_for_genesis()
 
     def run_forever(self) -> None:
@@ -377,6 +408,9 @@ class Validator(Node):
             self._save_state()  # so that a crash cannot move that start later
         nxt, evaluated, warned = self.book.window + 1, 0, False
         stop = self.opts.stop_after_window
+        if (crash := self.behaviour.stops_after(stop)) is not None and (stop is None or crash < stop):
+            stop = crash
+            log.warning("this validator's behaviour (%s) stops it after window %d", self.behaviour.name, crash)
         while stop is None or nxt <= stop:
             self.clock.wait_until(self.clock.slot(nxt)[1])
             try:

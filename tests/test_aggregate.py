@@ -5,7 +5,7 @@ import torch
 
 from gauntlet.config import SparseLoCoConfig
 from gauntlet.sparseloco import ErrorFeedback, aggregate, fingerprint, outer_step
-from gauntlet.sparseloco.aggregate import aggregate_tensor, clip_scales
+from gauntlet.sparseloco.aggregate import aggregate_tensor, clip_scales, median_norms, rescale_factor, value_norm
 from gauntlet.sparseloco.chunking import make_layout
 from gauntlet.sparseloco.compress import CompressedTensor
 
@@ -47,6 +47,21 @@ def test_even_peer_count_uses_the_lower_median():
     out = aggregate_tensor([A, B], "scatter_mean", clip_to_median=True)
     s = math.sqrt(5) / math.sqrt(52)  # B clipped to A's norm
     assert out.flatten().tolist() == pytest.approx([1.0, (2 + 4 * s) / 2, 0.0, 6 * s], rel=1e-6)
+
+
+def test_the_window_median_norm_is_the_lower_median_per_tensor():
+    norms = [{"w": 1.0, "b": 9.0}, {"w": 3.0, "b": 2.0}, {"w": 2.0}, {"w": 8.0, "b": 4.0}]
+    assert median_norms(norms) == {"w": 2.0, "b": 4.0}  # b: three peers, w: four (lower median)
+    assert median_norms([]) == {}
+
+
+def test_an_update_and_its_multiple_are_measured_at_the_same_norm():
+    tripled = peer([1, 3], [12.0, 18.0])
+    for part in (B, tripled):
+        assert float(rescale_factor(value_norm(part), 5.0) * value_norm(part)) == pytest.approx(5.0, rel=1e-6)
+    assert float(rescale_factor(value_norm(tripled), 5.0)) == pytest.approx(5.0 / (3 * math.sqrt(52)), rel=1e-6)
+    zero = peer([0, 1], [0.0, 0.0])
+    assert float(rescale_factor(value_norm(zero), 5.0)) == 1.0  # nothing to rescale
 
 
 def test_dense_tensors_are_averaged_and_clipped():

@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # peers/ in floors: a module imports only from its own floor or lower ones
-FLOORS = {"peers.ops": 0, "peers.network": 1, "peers.node": 2, "peers.behaviours": 3, "peers.peer": 3,
+FLOORS = {"peers.ops": 0, "peers.network": 1, "peers.node": 2, "peers.behaviours": 3, "peers.validator_behaviours": 3, "peers.peer": 3,
           "peers.validator": 3, "peers.sim": 4, "peers.cli": 5}
 PURE = ("gauntlet.sparseloco", "gauntlet.uniqueness", "gauntlet.scoring", "gauntlet.rating")  # maths only
 MAX_FUNCTION_LINES = 60

@@ -6,7 +6,7 @@ import pytest
 
 from gauntlet.config import load_config
 from gauntlet.data import prepare
-from peers.behaviours import BUILT_IN, Behaviour, Copier, Noise
+from peers.behaviours import BUILT_IN, Amplifier, Behaviour, Copier, Noise
 from peers.sim.lockstep import build, node_identity, run
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def test_after_14_windows_every_adversary_weighs_less_than_every_honest_peer(tmp
     # copy detection on a secret sample of 128 of the tiny model's 816 chunks
     cfg = load_config(overrides=SETTINGS + ["validator.copy_sample_chunks=128"])
     peers = {f"honest-{i}": Behaviour() for i in range(5)}
-    peers.update({name: cls() for name, cls in BUILT_IN.items() if name != "honest"})
+    peers.update({name: cls() for name, cls in BUILT_IN.items() if name not in ("honest", "amplifier")})
     net = build(tmp_path / "net", cfg, peers, data_dir)
     net.peers["honest-0"].opts.declared = {"hardware": "2 CPU cores", "price_usd_h": "0"}
     records = run(net, 14)
@@ -59,6 +59,31 @@ def test_after_14_windows_every_adversary_weighs_less_than_every_honest_peer(tmp
     fingerprints = {json.loads((tmp_path / f"net/peers/{n}/state/metrics.jsonl").read_text().splitlines()[-1])
                     ["fingerprint"] for n in peers if n != "stale"}
     assert fingerprints == {records[-1]["fingerprint"]}
+
+
+def amplified(factor):
+    peer = Amplifier()
+    peer.factor = factor
+    return peer
+
+
+def test_a_peer_sending_its_honest_update_times_4_earns_no_more_than_times_1(tmp_path, data_dir):
+    # The loss test measures every update at the window's median norm. Without that (seed 0, ten
+    # windows) a x4 peer ended with the best final score of five peers, 2.04, against -0.14 when it
+    # sent its update unmultiplied; with updates only clipped down to the median, its x4 weight was
+    # still higher (0.947 against 0.915): below the median, multiplying bought size.
+    cfg = load_config(overrides=SETTINGS + ["validator.weights_every=1"])
+    tokens, finals = {}, {}
+    for factor in (1.0, 4.0):
+        peers = {**{f"honest-{i}": Behaviour() for i in range(4)}, "amplifier": amplified(factor)}
+        net = build(tmp_path / f"x{factor:g}", cfg, peers, data_dir, tempo=cfg.timing.blocks_per_window)
+        run(net, 10)
+        net.chain.advance(cfg.timing.blocks_per_window)  # the epoch that pays the last weights
+        hotkey = node_identity(cfg.seed, "amplifier").hotkey
+        tokens[factor] = next(p.balance for p in net.chain.payouts() if p.hotkey == hotkey)
+        finals[factor] = net.validator.book.records[hotkey].final
+    assert 0 < tokens[4.0] <= tokens[1.0], tokens  # paid over the run: 14.92 against 15.14 tokens
+    assert finals[4.0] <= finals[1.0], finals
 
 
 def small_network():

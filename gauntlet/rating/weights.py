@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from gauntlet.config import ValidatorConfig
+
 
 def power_weights(finals: Mapping[int, float], p: float = 2.2) -> dict[int, float]:
     """``w ∝ final^p`` over the positive finals (the 1.2B run); nothing when no final is positive."""
@@ -38,3 +40,12 @@ def tiered_weights(ranked: Sequence[int], *, burn_uid: int, burn_share: float = 
     for uid, v in zip(tail, decays):
         weights[uid] = weights.get(uid, 0.0) + tail_share * v / sum(decays)
     return weights
+
+
+def policy_weights(finals: Mapping[int, float], cfg: ValidatorConfig) -> dict[int, float]:
+    """The weights ``cfg.policy`` gives final scores (uid → final): ``power`` or ``tiered``."""
+    if cfg.policy == "power":
+        return power_weights(finals, cfg.power_p)
+    ranked = [u for u, f in sorted(finals.items(), key=lambda kv: (-kv[1], kv[0])) if f > 0]
+    return tiered_weights(ranked, burn_uid=cfg.burn_uid, burn_share=cfg.burn_share, top=cfg.tier_top,
+                          top_share=cfg.tier_top_share, ramp=cfg.tier_ramp, next_n=cfg.tier_next, decay=cfg.tier_decay)

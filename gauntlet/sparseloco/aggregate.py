@@ -40,6 +40,20 @@ def clip_scales(norms: torch.Tensor, enabled: bool = True) -> torch.Tensor:
     return torch.where(norms > median, median / safe, torch.ones_like(norms))
 
 
+def median_norms(per_peer: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per tensor, the lower median of the peers' value norms (each peer: ``{name: norm}``, as
+    :func:`value_norm` gives them): the norm the aggregate clips bigger updates to."""
+    names = sorted(set().union(*per_peer)) if per_peer else []
+    return {n: float(torch.tensor([p[n] for p in per_peer if n in p], dtype=torch.float32).median()) for n in names}
+
+
+def rescale_factor(norm: torch.Tensor, target: float) -> torch.Tensor:
+    """The factor that brings an update of ``norm`` to the norm ``target`` (1 for a zero update)."""
+    if float(norm) == 0.0:
+        return torch.ones_like(norm)
+    return torch.tensor(target, dtype=norm.dtype) / norm
+
+
 def code_counts(codes: torch.Tensor, bins: int) -> torch.Tensor:
     """How many values fell in each bin (int64): what a coded tensor's norm needs."""
     return torch.bincount(codes.reshape(-1).long(), minlength=bins)

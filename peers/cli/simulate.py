@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="add an adversary: a built-in name or module:Class (a peers.behaviours.Behaviour "
                         f"subclass); repeatable. Default: one of each of {', '.join(DEFAULT_ADVERSARIES)}")
     p.add_argument("--no-adversaries", action="store_true", help="honest peers only")
+    p.add_argument("--validators", type=int, metavar="N",
+                   help="N honest validators of equal stake (default: one; see --validator for others)")
+    p.add_argument("--validator", action="append", metavar="SPEC[@STAKE]",
+                   help="add a validator: honest, weight-copier, colluder (pays the free-rider), lazy, crash (stops "
+                        "mid-run) or module:Class (a peers.validator_behaviours.ValidatorBehaviour subclass), with "
+                        "an optional relative stake, e.g. honest@40; repeatable, added to --validators")
     p.add_argument("--windows", type=int, default=20, metavar="W", help="windows to run")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="run seed (identities, data, model, choices)")
     p.add_argument("--model", default="tiny", metavar="PRESET", help="model preset or local/hub model")
@@ -125,11 +131,20 @@ def weights_caption(views) -> str:
     return f"weight: the validator's last weights on chain, set after window {window}"
 
 
+def validator_flags(args: argparse.Namespace) -> list[str]:
+    """``--validators N`` honest ones, then every ``--validator SPEC[@STAKE]`` (default: one honest)."""
+    if args.validators is not None and args.validators < 0:
+        raise ConfigError("--validators must be 0 or more")
+    specs = ["honest"] * (args.validators or 0) + list(args.validator or [])
+    return specs or ["honest"]
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     # deferred so that `gauntlet --help` stays quick: these load torch, transformers and the nodes
     from peers.behaviours import load_behaviour
     from peers.sim.lockstep import run_lockstep
     from peers.sim.report import entered_line, tokens_line, write_outputs
+    from peers.validator_behaviours import load_validator_behaviour
 
     setup_logging(args.quiet)
     for noisy in ("gauntlet.peer", "gauntlet.validator", "gauntlet.node", "matplotlib"):
@@ -139,10 +154,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     adversaries = [] if args.no_adversaries else (args.adversary or list(DEFAULT_ADVERSARIES))
     scenario = Scenario(honest=args.honest, adversaries=adversaries, windows=args.windows, seed=args.seed,
                         model=args.model, mode=args.mode, out=args.out, storage=args.storage, chain=args.chain,
-                        config=args.config, overrides=args.overrides, data_dir=args.data_dir)
+                        config=args.config, overrides=args.overrides, data_dir=args.data_dir,
+                        validators=validator_flags(args))
     try:
         for spec in set(scenario.nodes().values()):
             load_behaviour(spec)
+        if not any(load_validator_behaviour(v.behaviour).evaluates for v in scenario.validator_specs()):
+            raise ValueError("at least one validator must evaluate: weight copiers and lazy validators publish "
+                             "nothing for peers to follow")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     cfg = scenario.config_for()

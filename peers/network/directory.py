@@ -69,19 +69,25 @@ class Directory:
             log.info("published bucket card %r", card)
 
     def validator(self, trusted: str | None = None) -> tuple[str, ObjectStore] | None:
-        """The validator to follow and its store: ``trusted`` if given, else the highest-stake permit
-        holder with a usable card."""
+        """The validator to follow first and its store (see :meth:`validators`)."""
+        ranked = self.validators(trusted)
+        return ranked[0] if ranked else None
+
+    def validators(self, trusted: str | None = None) -> list[tuple[str, ObjectStore]]:
+        """The validators a node may follow, in the order it tries them: ``trusted`` alone if given,
+        else every permit holder with a usable card, highest stake first (ties: by hotkey, so that
+        every node orders them alike)."""
         commitments = self.chain.commitments()
         ranked = sorted((n for n in self.chain.metagraph() if n.validator_permit and n.hotkey in commitments),
-                        key=lambda n: -n.stake)
+                        key=lambda n: (-n.stake, n.hotkey))
         if trusted:
             ranked = [n for n in ranked if n.hotkey == trusted]
+        found = []
         for neuron in ranked:
             if neuron.hotkey == self.identity.hotkey:
-                return neuron.hotkey, self.own_store
-            try:
-                card = BucketCard.decode(commitments[neuron.hotkey].data)
-                return neuron.hotkey, store_from_card(card, allow_local=self.allow_local_cards)
-            except InvalidCommitment as exc:
-                log.warning("validator %s has an unusable bucket card: %s", neuron.hotkey, exc)
-        return None
+                found.append((neuron.hotkey, self.own_store))
+                continue
+            store = self.store_of(neuron.hotkey, commitments[neuron.hotkey].data)
+            if store is not None:
+                found.append((neuron.hotkey, store))
+        return found

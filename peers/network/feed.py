@@ -1,11 +1,13 @@
-"""What the followed validator publishes for the others — its peer list for each window, the
-aggregates it applied and its checkpoints — read from its bucket and checked (signature, run, window,
-shapes) before anything is used."""
+"""What the validators publish for the others — a peer list for each window, the aggregates they
+applied and their checkpoints — read from their buckets and checked (signature, run, window, shapes)
+before anything is used. Nodes follow the highest-stake validator and fail over, window by window,
+to the next one by stake when its list does not come in time."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import torch
 
@@ -29,7 +31,12 @@ class ValidatorFeed:
         self.trusted = trusted  # follow this validator only (default: the highest stake)
 
     def source(self) -> Source | None:
+        """The validator tried first: the highest-stake permit holder with a card (or ``trusted``)."""
         return self.directory.validator(self.trusted)
+
+    def sources(self) -> list[Source]:
+        """Every validator a node may follow, in the order tried (highest stake first)."""
+        return self.directory.validators(self.trusted)
 
     def artefact(self, source: Source, kind: str, key: str, window: int | None) -> tuple[dict, dict[str, torch.Tensor]]:
         """A signed aggregate or checkpoint from ``source``: (header, tensors)."""
@@ -61,33 +68,49 @@ class ValidatorFeed:
         return listed
 
     def choose_list(self, window: int, source: Source | None = None) -> ListChoice:
-        """The list that governs ``window`` (:func:`peers.network.peer_list.choose_list`): the
-        window's own if in time, else the most recent one that was. A network without a validator
-        has no list: every valid message counts. Raises StorageError like :meth:`peer_list`."""
-        source = source or self.source()
-        if source is None:
+        """The list that governs ``window`` (:func:`peers.network.peer_list.choose_list`), looking at
+        the validators in stake order (or at ``source`` alone): for each window looked at, the first
+        validator whose list for it was stored in time. So the leader's list governs while it comes in
+        time, the next validator's when it does not, and only when none came in time an earlier list.
+        A network without a validator has no list: every valid message counts. Raises StorageError
+        like :meth:`peer_list`."""
+        sources = [source] if source is not None else self.sources()
+        if not sources:
             return ListChoice(window, None, None, False)
-        choice = choose_list(window, lambda v: self.peer_list(v, source))
+        signer: dict[int, str] = {}
+
+        def in_time(v: int) -> PeerList | None:
+            for src in sources:
+                found = self.peer_list(v, src)
+                if found is not None:
+                    signer[v] = src[0]
+                    return found
+            return None
+
+        choice = replace(choose_list(window, in_time), leader=sources[0][0])
+        choice = replace(choice, validator=signer.get(choice.list_window))
+        if choice.failover:
+            log.info("window %d: following validator %s (the leader %s published no list in time)", window,
+                     choice.validator[:12], choice.leader[:12])
         if choice.rule == "fallback":
-            log.info("window %d: following the validator's list of window %d, the most recent in time", window,
+            log.info("window %d: following the list of window %d, the most recent in time", window,
                      choice.list_window)
         elif choice.rule == "none":
-            log.warning("window %d: the validator has published no peer list in time for %d windows; nobody's "
-                        "message is applied until it does", window, LOOKBACK)
+            log.warning("window %d: no validator has published a peer list in time for %d windows; nobody's "
+                        "message is applied until one does", window, LOOKBACK)
         return choice
 
     def aggregate(self, window: int) -> dict[str, torch.Tensor] | None:
-        """The aggregate the followed validator applied for ``window`` (None: none usable yet)."""
-        source = self.source()
-        if source is None:
-            return None
-        try:
-            return self.artefact(source, "aggregate", keys.aggregate(self.run, window), window)[1]
-        except ObjectNotFound:
-            return None
-        except (StorageError, InvalidMessage) as exc:
-            log.warning("window %d: unusable aggregate from validator %s: %s", window, source[0][:12], exc)
-            return None
+        """The aggregate a validator applied for ``window``: the first usable one in stake order
+        (every validator applies the same list's aggregate; None: none usable yet)."""
+        for source in self.sources():
+            try:
+                return self.artefact(source, "aggregate", keys.aggregate(self.run, window), window)[1]
+            except ObjectNotFound:
+                continue
+            except (StorageError, InvalidMessage) as exc:
+                log.warning("window %d: unusable aggregate from validator %s: %s", window, source[0][:12], exc)
+        return None
 
     def checkpoints(self, source: Source) -> list[int]:
         """The windows of the checkpoints ``source`` holds, oldest first (empty when unreadable)."""

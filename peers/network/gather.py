@@ -18,6 +18,7 @@ import torch
 
 from gauntlet.config import SparseLoCoConfig
 from gauntlet.errors import InvalidMessage, ObjectNotFound, StorageError
+from gauntlet.sparseloco.aggregate import value_norm
 from gauntlet.sparseloco.wire import Message
 from gauntlet.storage import ObjectStore
 from peers.network.exchange import fetch_message_at
@@ -29,6 +30,7 @@ class GatherResult:
     window: int
     messages: dict[str, Message | SpooledMessage] = field(default_factory=dict)  # in the slot and valid, by hotkey
     times: dict[str, float] = field(default_factory=dict)  # last-modified time of each valid message
+    norms: dict[str, dict[str, float]] = field(default_factory=dict)  # each valid message's value norm per tensor
     missing: list[str] = field(default_factory=list)  # uploaded nothing
     outside_slot: dict[str, float] = field(default_factory=dict)  # hotkey -> last-modified time
     invalid: dict[str, str] = field(default_factory=dict)  # the peer's fault
@@ -38,6 +40,8 @@ class GatherResult:
     list_rule: str | None = None  # how the governing list was found (ListChoice.rule); None: no list read
     list_window: int | None = None  # the window of the governing list (None: none)
     list_in_time: bool = False  # the window's own list was stored in time
+    list_validator: str | None = None  # whose list governs (hotkey; None: no list)
+    list_failover: bool = False  # a validator other than the highest-stake one governs (its list was not in time)
     used_published: bool = False  # the validator's signed aggregate was applied instead of these messages
 
     def ordered(self) -> list[tuple[str, Message | SpooledMessage]]:
@@ -87,7 +91,7 @@ def gather(
 
 def _fetch_one(hotkey: str, store: ObjectStore, slot: tuple[float, float] | None, spool: Spool | None,
                **fetch) -> tuple[str, object]:
-    """One peer's outcome: ("ok", (message, time)), ("missing", None), ("outside", time), ("invalid",
+    """One peer's outcome: ("ok", (message, time, {tensor: value norm})), ("missing", None), ("outside", time), ("invalid",
     why) for the peer's fault or ("failed", why) for the infrastructure's."""
     try:
         message, info = fetch_message_at(store, hotkey=hotkey, **fetch)
@@ -101,14 +105,15 @@ def _fetch_one(hotkey: str, store: ObjectStore, slot: tuple[float, float] | None
     # resolution step before the slot opened
     if slot is not None and not slot[0] - getattr(store, "time_resolution", 0.0) <= info.last_modified <= slot[1]:
         return "outside", info.last_modified
+    norms = {n: float(value_norm(ct)) for n, ct in message.tensors.items()}
     if spool is not None:
         message = spool.put(message)
-    return "ok", (message, info.last_modified)
+    return "ok", (message, info.last_modified, norms)
 
 
 def _record(result: GatherResult, hotkey: str, kind: str, value) -> None:
     if kind == "ok":
-        result.messages[hotkey], result.times[hotkey] = value
+        result.messages[hotkey], result.times[hotkey], result.norms[hotkey] = value
     elif kind == "missing":
         result.missing.append(hotkey)
     elif kind == "outside":

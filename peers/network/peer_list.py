@@ -99,6 +99,13 @@ class ListChoice:
     followed: PeerList | None  # None: every valid message counts (the network has never had a list)
     list_window: int | None  # the window of the governing list; None when there is none
     in_time: bool  # the window's own list was stored in time
+    validator: str | None = None  # whose list governs (None: no list)
+    leader: str | None = None  # the validator tried first (highest stake); another governs on failover
+
+    @property
+    def failover(self) -> bool:
+        """Whether a validator other than the leader governs the window."""
+        return self.validator is not None and self.validator != self.leader
 
     @property
     def rule(self) -> str:

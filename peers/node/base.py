@@ -135,6 +135,7 @@ class Node:
                         spool=spool)
         if choice is not None:
             result.list_rule, result.list_window, result.list_in_time = choice.rule, choice.list_window, choice.in_time
+            result.list_validator, result.list_failover = choice.validator, choice.failover
         if listed is not None:
             result.listed = len(named)
             keep = set(select(listed, result.messages, self.cfg.sparseloco.top_g))

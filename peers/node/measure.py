@@ -11,7 +11,7 @@ import torch
 from gauntlet.config import GauntletConfig
 from gauntlet.models import mean_loss
 from gauntlet.scoring import LossTest, sample_positions
-from gauntlet.sparseloco.aggregate import aggregate_tensor
+from gauntlet.sparseloco.aggregate import aggregate_tensor, rescale_factor, value_norm
 from gauntlet.sparseloco.fingerprint import compose, leaves, raw_bytes, row_digests
 from gauntlet.sparseloco.wire import Message
 from peers.node.layout import ShardLayout
@@ -34,15 +34,18 @@ class Measurements:
         return mean_loss(self.model, list(batches), self.cfg.model.autocast_bf16)
 
     def test_update(self, message: Message, scale: float, own: list[torch.Tensor], random: list[torch.Tensor],
-                    random_before: float) -> LossTest:
+                    random_before: float, norm_to: Mapping[str, float] | None = None) -> LossTest:
         """:meth:`loss_test` of one gathered message."""
-        return self.loss_test(message.raw if self.layout.sharded else message, scale, own, random, random_before)
+        return self.loss_test(message.raw if self.layout.sharded else message, scale, own, random, random_before,
+                              None if norm_to is None else dict(norm_to))
 
     @collective()
     def loss_test(self, data, scale: float, own: list[torch.Tensor], random: list[torch.Tensor],
-                  random_before: float) -> LossTest:
+                  random_before: float, norm_to: dict[str, float] | None = None) -> LossTest:
         """Stage 2 for one peer's message: loss before and after its update alone (scaled), restoring
-        the weights bit for bit (see :func:`gauntlet.scoring.measurements.loss_test`)."""
+        the weights bit for bit (see :func:`gauntlet.scoring.measurements.loss_test`). With ``norm_to``
+        (tensor → the window's median norm) each tensor is first rescaled to that norm: the size the
+        aggregate clips bigger updates to, so that multiplying an update changes nothing measured."""
         (update,) = self.updates.decode([data])
         local, rows = self.layout.local, self.layout.my_rows
         bf16 = self.cfg.model.autocast_bf16
@@ -52,6 +55,8 @@ class Measurements:
             with torch.no_grad():
                 for name, ct in update.items():
                     u = aggregate_tensor([ct], "mean", False, None if rows is None else rows[name])
+                    if norm_to is not None and name in norm_to:
+                        u = u * rescale_factor(value_norm(ct), norm_to[name])
                     local[name].sub_(u.to(local[name].dtype) * scale)
             own_after = mean_loss(self.model, list(own), bf16)
             random_after = mean_loss(self.model, list(random), bf16)

@@ -101,7 +101,7 @@ def run_live(scenario: Scenario, progress) -> SimRun:
         log.warning("%s warned that it cannot keep up with the windows: %s", slow["node"], slow["what"])
     return SimRun(views, hotkeys, _mean_message_bytes(scenario), sum(p.numel() for p in model.parameters()), behind,
                   payouts=chain.payouts(), epochs=chain.epochs(),
-                  validators={"validator": scenario.identity("validator").hotkey})
+                  validators={v.name: scenario.identity(v.node).hotkey for v in scenario.validator_specs()})
 
 
 def _lines(scenario: Scenario, name: str) -> dict[int, dict]:

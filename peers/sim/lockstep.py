@@ -38,6 +38,7 @@ from peers.peer import Peer, PeerOptions
 from peers.sim.scenario import Scenario, chain_tempo
 from peers.sim.summary import SimRun, WindowView, note_entries, window_lines
 from peers.validator import Validator
+from peers.validator_behaviours import Colluder, ValidatorBehaviour, load_validator_behaviour
 
 log = logging.getLogger("gauntlet.lockstep")
 GENESIS = 1_700_000_000.0  # virtual unix time of block 0
@@ -57,13 +58,26 @@ class LockstepNetwork:
     out: Path
     clock: VirtualClock
     chain: LocalChain
-    validator: Validator
+    validators: dict[str, Validator]  # node name -> validator, highest stake first
     peers: dict[str, Peer] = field(default_factory=dict)
     window: int = 0  # the next window to run
 
     @property
     def block_time(self) -> float:
         return self.chain.block_time
+
+    @property
+    def validator(self) -> Validator:
+        """The leader: the highest-stake validator that evaluates and still worked on the last window
+        run (the one peers follow first)."""
+        evaluating = [v for v in self.validators.values() if v.behaviour.evaluates]
+        working = [v for v in evaluating if _stop(v) is None or self.window - 1 <= _stop(v)]
+        return (working or evaluating)[0]
+
+
+def _stop(validator: Validator) -> int | None:
+    """The last window a validator works on (its behaviour may stop it before the run's end)."""
+    return validator.behaviour.stops_after(validator.opts.stop_after_window)
 
 
 def node_identity(seed: int, name: str) -> Identity:
@@ -72,10 +86,12 @@ def node_identity(seed: int, name: str) -> Identity:
 
 def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], data_dir: Path,
           block_time: float = 12.0, identity=None, stop_after_window: int | None = None,
-          tempo: int = 360) -> LockstepNetwork:
+          tempo: int = 360, validators: list[tuple[str, ValidatorBehaviour, float]] | None = None) -> LockstepNetwork:
     """Create (or reopen, after a crash) a lockstep network in ``out``: chain, stores, nodes.
     ``identity(name)`` gives each node's key (default: derived from the seed and the name);
-    ``stop_after_window``: the run's last window (the validator sets weights there too)."""
+    ``stop_after_window``: the run's last window (the validators set weights there too);
+    ``validators``: (node name, behaviour, stake) of each, highest stake first (default: one honest
+    validator named ``validator``); at least one must evaluate."""
     out = Path(out)
     clock = VirtualClock()
     chain = LocalChain(out / "chain.db", clock="manual", block_time=block_time, now=clock, tempo=tempo)
@@ -83,14 +99,22 @@ def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], dat
         clock.now = chain.timestamp(chain.block())
     cache: dict = {}
     identity = identity or (lambda name: node_identity(cfg.seed, name))
-    vid = identity("validator")
-    chain.register(vid.hotkey, stake=1000.0, validator_permit=True)
-    vstore = FileStore(out / "validator" / "bucket", clock=clock)
-    secret = hashlib.sha256(f"lockstep-eval|{cfg.seed}".encode()).digest()
-    validator = Validator(cfg, vid, chain, vstore, NodeOptions(
-        run_dir=out / "validator" / "state", data_dir=data_dir, card=BucketCard("file", str(vstore.root)),
-        allow_local_cards=True, message_cache=cache, stop_after_window=stop_after_window), eval_secret=secret)
-    net = LockstepNetwork(cfg, out, clock, chain, validator)
+    validators = sorted(validators or [("validator", ValidatorBehaviour(), 1000.0)], key=lambda v: -v[2])
+    if not any(behaviour.evaluates for _, behaviour, _ in validators):
+        raise ValueError("a network needs at least one validator that evaluates (weight copiers and lazy "
+                         "validators publish nothing for peers to follow)")
+    built: dict[str, Validator] = {}
+    for name, behaviour, stake in validators:
+        vid = identity(name)
+        chain.register(vid.hotkey, stake=stake, validator_permit=True)
+        store = FileStore(out / name / "bucket", clock=clock)
+        # each validator draws its samples from its own secret (the lone default one: as it always has)
+        secret = hashlib.sha256(f"lockstep-eval|{cfg.seed}{'' if name == 'validator' else '|' + name}".encode()).digest()
+        built[name] = Validator(cfg, vid, chain, store, NodeOptions(
+            run_dir=out / name / "state", data_dir=data_dir, card=BucketCard("file", str(store.root)),
+            allow_local_cards=True, message_cache=cache, stop_after_window=stop_after_window), eval_secret=secret,
+            behaviour=behaviour)
+    net = LockstepNetwork(cfg, out, clock, chain, built)
     for name, behaviour in peers.items():
         ident = identity(name)
         chain.register(ident.hotkey)
@@ -98,10 +122,13 @@ def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], dat
         net.peers[name] = Peer(cfg, ident, chain, store, PeerOptions(
             run_dir=out / "peers" / name / "state", data_dir=data_dir, card=BucketCard("file", str(store.root)),
             allow_local_cards=True, durable=False, message_cache=cache), behaviour)
-    validator.start()
+    for validator in built.values():
+        validator.start()
     for peer in net.peers.values():
         peer.start()
-    net.window = validator.book.window + 1
+    # after a crash: the first window some validator still has to evaluate
+    pending = [v.book.window + 1 for v in built.values() if _stop(v) is None or v.book.window < _stop(v)]
+    net.window = min(pending) if pending else max(v.book.window for v in built.values()) + 1
     return net
 
 
@@ -132,11 +159,20 @@ def run_window(net: LockstepNetwork) -> dict:
         data, fact = peer.make_message(w)
         facts[name] = {**fact, "uploaded": peer.upload(w, data)}
     clock.now = late_at + 0.5
-    record = net.validator.evaluate_window(w)
+    records = {name: v.evaluate_window(w) for name, v in _working(net, w)}  # stake order; copiers after
+    record = next((r for r in records.values() if r.get("fingerprint")), {})  # the leader's
     for name, peer in sorted(todo.items()):
         peer.finish(w, peer.apply(w), {"trained": True, **facts[name]})
     net.window = w + 1
     return record
+
+
+def _working(net: LockstepNetwork, window: int) -> list[tuple[str, Validator]]:
+    """The validators that work on ``window`` (not stopped by their behaviour, nor done with it
+    before a crash): those that evaluate first, in stake order, then those that only set weights."""
+    active = [(n, v) for n, v in net.validators.items() if v.book.window < window
+              and ((stop := _stop(v)) is None or window <= stop)]
+    return [nv for nv in active if nv[1].behaviour.evaluates] + [nv for nv in active if not nv[1].behaviour.evaluates]
 
 
 def _advance_to(net: LockstepNetwork, block: int) -> None:
@@ -160,9 +196,10 @@ def run_lockstep(scenario: Scenario, progress) -> SimRun:
     progress.phase("preparing data")
     open_dataset(cfg.data, data_dir)  # tokenised once here (text sources), or shards checked
     behaviours = {name: load_behaviour(spec) for name, spec in scenario.nodes().items()}
+    validators = [(v.node, validator_behaviour(scenario, v.behaviour), v.stake) for v in scenario.validator_specs()]
     net = build(scenario.out / "network", cfg, behaviours, data_dir, identity=scenario.identity,
-                stop_after_window=scenario.windows - 1,  # the validator also sets weights at the last window
-                tempo=chain_tempo(cfg))
+                stop_after_window=scenario.windows - 1,  # the validators also set weights at the last window
+                tempo=chain_tempo(cfg), validators=validators)
     hotkeys = {name: peer.identity.hotkey for name, peer in net.peers.items()}
     by_hotkey = {h: n for n, h in hotkeys.items()}
     val = net.validator.data.validation_batches(4)
@@ -176,7 +213,7 @@ def run_lockstep(scenario: Scenario, progress) -> SimRun:
         t0 = time.time()
         record = run_window(net)
         loss = mean_loss(net.validator.model, val, cfg.model.autocast_bf16)
-        row = net.chain.weights().get(uid_of[net.validator.identity.hotkey], {})
+        row = net.chain.weights().get(uid_of[net.validator.identity.hotkey], {})  # the leader's
         weights = {name: row.get(uid_of[h], 0.0) for name, h in hotkeys.items()}
         peers = {by_hotkey[h]: f for h, f in record["peers"].items() if h in by_hotkey}
         weights_window = w if record.get("weights") else weights_window
@@ -191,4 +228,22 @@ def run_lockstep(scenario: Scenario, progress) -> SimRun:
     _advance_to(net, net.chain.block() + chain_tempo(cfg))  # the epoch that pays the last weights
     return SimRun(views, hotkeys, mean_bytes, sum(p.numel() for p in net.validator.model.parameters()),
                   payouts=net.chain.payouts(), epochs=net.chain.epochs(),
-                  validators={"validator": net.validator.identity.hotkey})
+                  validators={v.name: scenario.identity(v.node).hotkey for v in scenario.validator_specs()})
+
+
+def validator_behaviour(scenario: Scenario, spec: str) -> ValidatorBehaviour:
+    """A simulation's validator behaviour; a colluder colludes with the first free-rider (else the
+    first adversary)."""
+    behaviour = load_validator_behaviour(spec)
+    if isinstance(behaviour, Colluder) and behaviour.target is None:
+        behaviour.target = colluder_target(scenario)
+    return behaviour
+
+
+def colluder_target(scenario: Scenario) -> str | None:
+    """The hotkey a simulation's colluding validators pay: the first free-rider, else the first
+    adversary (None in an honest network)."""
+    nodes = scenario.nodes()
+    chosen = next((n for n, s in nodes.items() if s == "free-rider"), None)
+    chosen = chosen or next((n for n, s in nodes.items() if s != "honest"), None)
+    return None if chosen is None else scenario.identity(chosen).hotkey

@@ -3,6 +3,7 @@ settings (the simulation's small defaults, then ``--config`` and ``--set``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,51 @@ def chain_tempo(cfg: GauntletConfig) -> int:
     return cfg.timing.blocks_per_window * cfg.validator.weights_every
 
 
+@dataclass(frozen=True)
+class ValidatorSpec:
+    """One validator of a simulation: its short name (``honest-0``, ``colluder``), node name (its
+    directory and identity: ``validator`` when it is the only one), behaviour spec and stake."""
+
+    name: str
+    node: str
+    behaviour: str
+    stake: float
+
+
+def parse_validators(specs: list[str]) -> list[ValidatorSpec]:
+    """``SPEC[@STAKE]`` each (a built-in validator behaviour or ``module:Class``; STAKE a relative
+    amount, 1 when left out) → validators named like peers (``honest-0``, ``honest-1``, ``colluder``,
+    ``colluder-2``), each staked ``1000 × its share`` of the total. Raises ValueError for a stake
+    that is not a non-negative number, or stakes that add up to nothing."""
+    if not specs:
+        raise ValueError("a simulation needs at least one validator")
+    parsed = []
+    for item in specs:
+        spec, at, amount = item.rpartition("@") if "@" in item else (item, "", "")
+        try:
+            stake = float(amount) if at else 1.0
+        except ValueError:
+            raise ValueError(f"validator {item!r}: the stake after '@' must be a number, e.g. honest@40") from None
+        if not spec or not math.isfinite(stake) or stake < 0:
+            raise ValueError(f"validator {item!r}: write SPEC or SPEC@STAKE with a stake of 0 or more")
+        parsed.append((spec, stake))
+    total = sum(stake for _, stake in parsed)
+    if total <= 0:
+        raise ValueError(f"the validators' stakes add up to {total:g}: at least one must be positive")
+    names: list[str] = []
+    counts: dict[str, int] = {}
+    for spec, _ in parsed:
+        base = spec.rsplit(":", 1)[-1].lower() if ":" in spec else spec
+        if base == "honest":
+            names.append(f"honest-{counts.get(base, 0)}")
+        else:
+            names.append(base if counts.get(base, 0) == 0 else f"{base}-{counts[base] + 1}")
+        counts[base] = counts.get(base, 0) + 1
+    single = len(parsed) == 1
+    return [ValidatorSpec(name, "validator" if single else f"validator-{name}", spec, 1000.0 * stake / total)
+            for name, (spec, stake) in zip(names, parsed)]
+
+
 @dataclass
 class Scenario:
     honest: int = 5
@@ -44,6 +90,11 @@ class Scenario:
     config: Path | None = None
     overrides: list[str] = field(default_factory=list)
     data_dir: Path | None = None
+    validators: list[str] = field(default_factory=lambda: ["honest"])  # SPEC[@STAKE] each
+
+    def validator_specs(self) -> list[ValidatorSpec]:
+        """The validators, highest stake first (ties: in the order given)."""
+        return sorted(parse_validators(self.validators), key=lambda v: -v.stake)
 
     def nodes(self) -> dict[str, str]:
         """Peer name → behaviour spec, in a fixed order."""

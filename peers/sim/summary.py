@@ -43,7 +43,7 @@ class SimRun:
     behind: list[dict] = field(default_factory=list)  # nodes that warned they cannot keep up (live mode)
     payouts: list = field(default_factory=list)  # the chain's gauntlet.chain.Payout per uid at the end
     epochs: list[dict] = field(default_factory=list)  # the chain's epochs (LocalChain.epochs)
-    validators: dict[str, str] = field(default_factory=dict)  # validator name -> hotkey
+    validators: dict[str, str] = field(default_factory=dict)  # validator name (honest-0, colluder) -> hotkey
 
 
 def window_lines(path: Path) -> dict[int, dict]:
@@ -108,10 +108,14 @@ def payouts(scenario: Scenario, run: SimRun) -> dict:
     honest = sum(t for n, t in tokens.items() if behaviours.get(n) == "honest")
     trust = run.epochs[-1]["validator_trust"] if run.epochs else []  # u16, by uid, at the last epoch
 
+    specs = {v.name: v for v in scenario.validator_specs()}
+
     def validator(name: str, hotkey: str) -> dict:
         pay = by_hotkey.get(hotkey)
         vtrust = trust[pay.uid] / 65535 if pay is not None and pay.uid < len(trust) else 0.0
-        return {"name": name, "behaviour": "honest", "hotkey": hotkey, "vtrust": round(vtrust, 6),
+        spec = specs.get(name)
+        return {"name": name, "behaviour": spec.behaviour if spec else "honest", "hotkey": hotkey,
+                "stake": round(spec.stake, 6) if spec else 0.0, "vtrust": round(vtrust, 6),
                 "tokens": round(pay.balance / TOKEN, 6) if pay is not None else 0.0}
     validators = [validator(name, h) for name, h in run.validators.items()]
     emission = [{"block": e["block"], "owner": e["owner"] / TOKEN,
