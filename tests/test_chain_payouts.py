@@ -86,8 +86,14 @@ def test_bad_settings_and_weights_are_refused(tmp_path):
     chain, (v, p1, p2) = subnet(tmp_path)
     with pytest.raises(ChainError, match="not registered"):
         chain.set_weights(VALIDATOR, {p1: 1.0, 42: 1.0})
-    with pytest.raises(ChainError, match="non-negative"):
+    with pytest.raises(ChainError, match="finite and >= 0"):
         chain.set_weights(VALIDATOR, {p1: 1.0, p2: -1.0})
+    with pytest.raises(ChainError, match=f"uid {p1} appears twice"):
+        chain.set_weights(VALIDATOR, {p1: 1.0, str(p1): 0.5})
+    with pytest.raises(ChainError, match="not a uid"):
+        chain.set_weights(VALIDATOR, {"p1": 1.0})
+    with pytest.raises(ChainError, match="tempo"):
+        open_chain(f"local://{tmp_path}/t.db?tempo=0")
     with pytest.raises(ChainError, match="all weights are zero"):
         chain.set_weights(VALIDATOR, {p1: 0.0})
     assert open_chain(f"local://{tmp_path}/y.db?tempo=7&commit_reveal=1&clock=manual").tempo == 7

@@ -74,6 +74,12 @@ def test_bad_scenarios_are_explained(tmp_path, data_dir, capsys):
     assert main(["simulate", "--out", str(tmp_path), "--storage", "embedded-s3", "--quiet", "--data-dir",
                  str(data_dir), "--windows", "1"]) == 1
     assert "--mode live" in capsys.readouterr().err
+    for flags, why in [(["--validator", "honest@x"], "must be a number"), (["--validator", "bribed"],
+                       "unknown validator behaviour"), (["--validator", "honest@0"], "add up to 0"),
+                       (["--validator", "lazy", "--validator", "weight-copier"], "at least one validator must evaluate"),
+                       (["--validators", "-1"], "0 or more")]:
+        assert main(["simulate", "--out", str(tmp_path), "--quiet", *flags]) == 1
+        assert why in capsys.readouterr().err, flags
 
 
 def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_path, data_dir, monkeypatch):

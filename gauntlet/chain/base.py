@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+from gauntlet.errors import ChainError
 
 COMMITMENT_FIELD_BYTES = 128  # Bittensor's largest raw commitment field (Raw128)
 COMMITMENT_MAX_FIELDS = 3  # the Commitments pallet's MaxFields
@@ -94,8 +98,27 @@ def window_of(block: int, blocks_per_window: int) -> int:
     return block // blocks_per_window
 
 
+def checked_weights(weights: Mapping[int, float]) -> dict[int, float]:
+    """``weights`` as uid (int ≥ 0) → weight (finite, ≥ 0); ChainError for anything else, including
+    two keys that name the same uid (``1`` and ``"1"``)."""
+    out: dict[int, float] = {}
+    for key, value in weights.items():
+        try:
+            uid, weight = int(key), float(value)
+        except (TypeError, ValueError):
+            raise ChainError(f"weights refused: {key!r}: {value!r} is not a uid and a number") from None
+        if uid < 0 or str(uid) != str(key).strip():
+            raise ChainError(f"weights refused: {key!r} is not a uid (a whole number from 0)")
+        if uid in out:
+            raise ChainError(f"weights refused: uid {uid} appears twice")
+        if not math.isfinite(weight) or weight < 0:
+            raise ChainError(f"weights refused: the weight of uid {uid} is {weight}; weights are finite and >= 0")
+        out[uid] = weight
+    return out
+
+
 def normalise(weights: Mapping[int, float]) -> dict[int, float]:
     """Drop non-positive entries and scale the rest to sum to 1 (empty if nothing is positive)."""
-    positive = {int(u): float(w) for u, w in weights.items() if w > 0}
+    positive = {int(u): float(w) for u, w in checked_weights(weights).items() if w > 0}
     total = sum(positive.values())
     return {u: w / total for u, w in sorted(positive.items())} if total > 0 else {}

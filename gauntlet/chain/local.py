@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gauntlet.chain import yuma
-from gauntlet.chain.base import MAX_COMMITMENT_BYTES, Commitment, HotkeySigner, Neuron, Payout, normalise
+from gauntlet.chain.base import MAX_COMMITMENT_BYTES, Commitment, HotkeySigner, Neuron, Payout, checked_weights, normalise
 from gauntlet.errors import ChainError
 
 RAO = 10**9  # the smallest unit of a token
@@ -234,10 +234,8 @@ class LocalChain:
     def set_weights(self, signer: HotkeySigner, weights: Mapping[int, float]) -> None:
         """Set the signer's weights. Stored as the chain stores them (quantised to u16, each row
         max-upscaled); visible from this block, or ``reveal_period`` epochs later with commit-reveal."""
-        try:
-            sent = yuma.quantize_weights({int(u): float(w) for u, w in weights.items()})
-        except (TypeError, ValueError) as exc:
-            raise ChainError(f"weights refused: {exc}") from None
+        weights = checked_weights(weights)
+        sent = yuma.quantize_weights(weights)
         row = normalise(weights)
         if not row or not sent:
             raise ChainError("all weights are zero; nothing to set")
