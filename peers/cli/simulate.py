@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="add a validator: honest, weight-copier, colluder (pays the free-rider), lazy, crash (stops "
                         "mid-run) or module:Class (a peers.validator_behaviours.ValidatorBehaviour subclass), with "
                         "an optional relative stake, e.g. honest@40; repeatable, added to --validators")
+    p.add_argument("--commit-reveal", action="store_true",
+                   help="the embedded chain hides each weight row until the epoch after the next (as Bittensor's "
+                        "commit-reveal does): a weight copier can only copy old weights")
     p.add_argument("--windows", type=int, default=20, metavar="W", help="windows to run")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="run seed (identities, data, model, choices)")
     p.add_argument("--model", default="tiny", metavar="PRESET", help="model preset or local/hub model")
@@ -155,7 +158,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     scenario = Scenario(honest=args.honest, adversaries=adversaries, windows=args.windows, seed=args.seed,
                         model=args.model, mode=args.mode, out=args.out, storage=args.storage, chain=args.chain,
                         config=args.config, overrides=args.overrides, data_dir=args.data_dir,
-                        validators=validator_flags(args))
+                        validators=validator_flags(args), commit_reveal=args.commit_reveal)
     try:
         for spec in set(scenario.nodes().values()):
             load_behaviour(spec)

@@ -25,12 +25,13 @@ from pathlib import Path
 from gauntlet.chain.local import LocalChain
 from gauntlet.config import GauntletConfig
 from gauntlet.data import open_dataset
-from gauntlet.errors import ConfigError
+from gauntlet.errors import ConfigError, StorageError
 from gauntlet.models import build_model
 from gauntlet.storage import keys, open_store
 from peers.node.data import default_data_dir
 from peers.sim.scenario import Scenario, chain_tempo
 from peers.sim.summary import SimRun, WindowView, note_entries, window_lines
+from peers.validator_behaviours import Colluder, load_validator_behaviour
 
 log = logging.getLogger("gauntlet.simulate")
 ROOT = Path(__file__).resolve().parents[2]  # the repository (for PYTHONPATH of the nodes)
@@ -52,14 +53,16 @@ def store_urls(scenario: Scenario, names: list[str], s3_port: int | None) -> dic
 
 
 def _command(role: str, name: str, scenario, cfg_file: Path, chain_url: str, store_url: str, data_dir: Path,
-             spec: str | None) -> list[str]:
+             spec: str) -> list[str]:
     out = scenario.out.resolve()
     cmd = [sys.executable, "-m", "peers.cli", "validate" if role == "validator" else "peer",
            "--identity-seed", f"simulate|{scenario.seed}|{name}", "--config", str(cfg_file), "--chain", chain_url,
            "--storage", store_url, "--allow-local-cards", "--run-dir", str(out / "nodes" / name / "state"),
            "--data-dir", str(data_dir), "--until-window", str(scenario.windows - 1),
-           "--storage.read-access-key", READ_KEY, "--storage.read-secret-key", READ_SECRET]
-    return cmd + (["--behaviour", spec] if spec else [])
+           "--storage.read-access-key", READ_KEY, "--storage.read-secret-key", READ_SECRET, "--behaviour", spec]
+    if role == "validator" and isinstance(load_validator_behaviour(spec), Colluder) and scenario.colluder_target():
+        cmd += ["--collude-with", scenario.colluder_target()]
+    return cmd
 
 
 def run_live(scenario: Scenario, progress) -> SimRun:
@@ -78,16 +81,17 @@ def run_live(scenario: Scenario, progress) -> SimRun:
     chain_url = scenario.chain or f"local://{out}/chain.db?block_time={BLOCK_TIME}"
     if not chain_url.startswith("local://"):
         raise ConfigError("a live simulation registers throwaway keys, so it needs a local:// chain")
-    nodes = {"validator": None, **scenario.nodes()}
+    validators = {v.node: v for v in scenario.validator_specs()}
+    nodes = {**{n: v.behaviour for n, v in validators.items()}, **scenario.nodes()}
     chain = LocalChain(chain_url.removeprefix("local://").split("?")[0], block_time=BLOCK_TIME, genesis=math.inf,
-                       tempo=chain_tempo(cfg))
+                       tempo=chain_tempo(cfg), commit_reveal=scenario.commit_reveal)
     for name in nodes:
-        chain.register(scenario.identity(name).hotkey, stake=1000.0 if name == "validator" else 0.0,
-                       validator_permit=name == "validator")
+        chain.register(scenario.identity(name).hotkey, stake=validators[name].stake if name in validators else 0.0,
+                       validator_permit=name in validators)
     server, port = start_embedded_s3() if scenario.storage == "embedded-s3" else (None, None)
     urls = store_urls(scenario, list(nodes), port)
     env = node_env(server is not None, urls)
-    crashed = _run_nodes(nodes, scenario, progress, chain, cfg, env,
+    crashed = _run_nodes(nodes, set(validators), scenario, progress, chain, cfg, env,
                          lambda role, name, spec: _command(role, name, scenario, cfg_file, chain_url, urls[name],
                                                            data_dir, spec))
     (out / "crashed.json").write_text(json.dumps(crashed))
@@ -113,7 +117,7 @@ def cannot_keep_up(scenario: Scenario) -> list[dict]:
     a window need more than 80 % of one; the validator: evaluating a window takes more than 80 % of
     the time before its next peer list is due), from their logs: node, time, the warning."""
     found = []
-    for name in ["validator", *scenario.nodes()]:
+    for name in [*(v.node for v in scenario.validator_specs()), *scenario.nodes()]:
         path = scenario.out.resolve() / "nodes" / f"{name}.log"
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
         for line in (line for line in lines if "WARNING" in line and "cannot keep up" in line):
@@ -147,20 +151,23 @@ def node_env(embedded_s3: bool, urls: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _run_nodes(nodes: dict[str, str | None], scenario: Scenario, progress, chain: LocalChain, cfg: GauntletConfig,
-               env: dict[str, str], command) -> dict[str, int]:
-    """Start every node, start the chain when all are up, watch them to the end; the nodes that stopped
-    early, with their exit status. Every process is ended on the way out."""
+def _run_nodes(nodes: dict[str, str], validators: set[str], scenario: Scenario, progress, chain: LocalChain,
+               cfg: GauntletConfig, env: dict[str, str], command) -> dict[str, int]:
+    """Start every node (``validators``: the names of the validator nodes), start the chain when all
+    are up, watch them to the end; the nodes that stopped early, with their exit status. Every
+    process is ended on the way out."""
     procs: dict[str, subprocess.Popen] = {}
     logs = scenario.out.resolve() / "nodes"
     logs.mkdir(parents=True, exist_ok=True)
+    # validators that evaluate nothing publish no bucket card: nobody waits for theirs
+    silent = {n for n in validators if not load_validator_behaviour(nodes[n]).evaluates}
     try:
         for name, spec in nodes.items():
-            role = "validator" if name == "validator" else "peer"
+            role = "validator" if name in validators else "peer"
             procs[name] = subprocess.Popen(command(role, name, spec), cwd=os.getcwd(), env=env,
                                            stdout=open(logs / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
-        crashed = _start_when_ready(procs, chain, scenario, progress)
-        crashed.update(_watch(procs, chain, cfg, scenario, progress, crashed))
+        crashed = _start_when_ready(procs, chain, scenario, progress, silent)
+        crashed.update(_watch(procs, validators, chain, cfg, scenario, progress, crashed))
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -189,9 +196,10 @@ def _mean_message_bytes(scenario: Scenario) -> float:
 BOOT_LIMIT_S = 300.0  # a node that has not committed its card by then is left behind (it catches up if it comes)
 
 
-def _start_when_ready(procs, chain: LocalChain, scenario, progress) -> dict[str, int]:
-    """Start the chain once every node has committed its card (or died, or BOOT_LIMIT_S passed)."""
-    hotkeys = {name: scenario.identity(name).hotkey for name in procs}
+def _start_when_ready(procs, chain: LocalChain, scenario, progress, silent: set[str]) -> dict[str, int]:
+    """Start the chain once every node but the ``silent`` ones has committed its card (or died, or
+    BOOT_LIMIT_S passed)."""
+    hotkeys = {name: scenario.identity(name).hotkey for name in procs if name not in silent}
     deadline, crashed = time.monotonic() + BOOT_LIMIT_S, {}
     while time.monotonic() < deadline:
         crashed.update({n: p.returncode for n, p in procs.items() if p.poll() not in (None, 0)})
@@ -208,8 +216,10 @@ def _start_when_ready(procs, chain: LocalChain, scenario, progress) -> dict[str,
     return crashed
 
 
-def _watch(procs, chain: LocalChain, cfg, scenario, progress, crashed: dict[str, int]) -> dict[str, int]:
-    """Wait for the validator to finish the last window; report nodes that die; bounded in time."""
+def _watch(procs, validators: set[str], chain: LocalChain, cfg, scenario, progress,
+           crashed: dict[str, int]) -> dict[str, int]:
+    """Wait for the validators to finish (the last window, or where their behaviour stops them);
+    report nodes that die; bounded in time."""
     window_s = cfg.timing.blocks_per_window * BLOCK_TIME
     deadline = chain.genesis + 120 + (scenario.windows + 2) * window_s
     crashed = dict(crashed)
@@ -218,15 +228,15 @@ def _watch(procs, chain: LocalChain, cfg, scenario, progress, crashed: dict[str,
             code = proc.poll()
             if code not in (None, 0) and name not in crashed:
                 crashed[name] = code
-        validator = procs["validator"]
-        if validator.poll() is not None:
+        if all(procs[n].poll() is not None for n in validators):
             break
         progress.phase(f"{len(procs) - len(crashed)} nodes running",
                        window=chain.block() // cfg.timing.blocks_per_window)
         time.sleep(0.5)
     else:
-        crashed.setdefault("validator", -1)
-        log.error("the validator did not finish within the time limit; stopping every node")
+        for name in (n for n in validators if procs[n].poll() is None):
+            crashed.setdefault(name, -1)
+        log.error("the validators did not finish within the time limit; stopping every node")
     grace = time.time() + 2 * window_s  # peers apply the last window after the validator
     while time.time() < grace and any(p.poll() is None for n, p in procs.items() if n not in crashed):
         time.sleep(0.5)
@@ -238,9 +248,10 @@ def _watch(procs, chain: LocalChain, cfg, scenario, progress, crashed: dict[str,
 
 
 def _views(scenario: Scenario, cfg: GauntletConfig, urls: dict[str, str], chain: LocalChain) -> list[WindowView]:
-    """Each window as the validator's signed records and the honest peers' metrics tell it (the loss:
-    honest-0's)."""
-    vstore = open_store(urls["validator"], read_only=True)
+    """Each window as the leader's signed records (the first validator by stake that published one
+    for the window) and the honest peers' metrics tell it (the loss: honest-0's)."""
+    vstores = [open_store(urls[v.node], read_only=True) for v in scenario.validator_specs()
+               if load_validator_behaviour(v.behaviour).evaluates]
     names = {scenario.identity(n).hotkey: n for n in scenario.nodes()}
     uid = {n.hotkey: n.uid for n in chain.metagraph()}
     name_of_uid = {uid[h]: n for h, n in names.items()}
@@ -249,9 +260,8 @@ def _views(scenario: Scenario, cfg: GauntletConfig, urls: dict[str, str], chain:
     losses = {w: m["val_loss"] for w, m in lines.get(honest[0], {}).items() if "val_loss" in m} if honest else {}
     views, weights, weights_window = [], {n: 0.0 for n in scenario.nodes()}, None
     for window in range(scenario.windows):
-        try:
-            record = json.loads(vstore.get(keys.record(cfg.run_name, window)))
-        except Exception:  # a window the validator did not reach
+        record = _record(vstores, keys.record(cfg.run_name, window))
+        if record is None:  # a window no validator reached
             continue
         if record.get("weights"):
             weights, weights_window = {n: 0.0 for n in scenario.nodes()}, window
@@ -262,3 +272,13 @@ def _views(scenario: Scenario, cfg: GauntletConfig, urls: dict[str, str], chain:
         note_entries(view, [lines[n][window] for n in honest if window in lines[n]], names)
         views.append(view)
     return views
+
+
+def _record(stores, key: str) -> dict | None:
+    """The first validator's (in stake order) window record ``key`` (None: nobody published it)."""
+    for store in stores:
+        try:
+            return json.loads(store.get(key))
+        except (StorageError, ValueError):
+            continue
+    return None

@@ -86,7 +86,8 @@ def node_identity(seed: int, name: str) -> Identity:
 
 def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], data_dir: Path,
           block_time: float = 12.0, identity=None, stop_after_window: int | None = None,
-          tempo: int = 360, validators: list[tuple[str, ValidatorBehaviour, float]] | None = None) -> LockstepNetwork:
+          tempo: int = 360, validators: list[tuple[str, ValidatorBehaviour, float]] | None = None,
+          commit_reveal: bool = False) -> LockstepNetwork:
     """Create (or reopen, after a crash) a lockstep network in ``out``: chain, stores, nodes.
     ``identity(name)`` gives each node's key (default: derived from the seed and the name);
     ``stop_after_window``: the run's last window (the validators set weights there too);
@@ -94,7 +95,8 @@ def build(out: str | Path, cfg: GauntletConfig, peers: dict[str, Behaviour], dat
     validator named ``validator``); at least one must evaluate."""
     out = Path(out)
     clock = VirtualClock()
-    chain = LocalChain(out / "chain.db", clock="manual", block_time=block_time, now=clock, tempo=tempo)
+    chain = LocalChain(out / "chain.db", clock="manual", block_time=block_time, now=clock, tempo=tempo,
+                       commit_reveal=commit_reveal)
     if chain.block() > 0:  # reopening: continue the virtual clock where the chain is
         clock.now = chain.timestamp(chain.block())
     cache: dict = {}
@@ -199,7 +201,7 @@ def run_lockstep(scenario: Scenario, progress) -> SimRun:
     validators = [(v.node, validator_behaviour(scenario, v.behaviour), v.stake) for v in scenario.validator_specs()]
     net = build(scenario.out / "network", cfg, behaviours, data_dir, identity=scenario.identity,
                 stop_after_window=scenario.windows - 1,  # the validators also set weights at the last window
-                tempo=chain_tempo(cfg), validators=validators)
+                tempo=chain_tempo(cfg), validators=validators, commit_reveal=scenario.commit_reveal)
     hotkeys = {name: peer.identity.hotkey for name, peer in net.peers.items()}
     by_hotkey = {h: n for n, h in hotkeys.items()}
     val = net.validator.data.validation_batches(4)
@@ -236,14 +238,5 @@ def validator_behaviour(scenario: Scenario, spec: str) -> ValidatorBehaviour:
     first adversary)."""
     behaviour = load_validator_behaviour(spec)
     if isinstance(behaviour, Colluder) and behaviour.target is None:
-        behaviour.target = colluder_target(scenario)
+        behaviour.target = scenario.colluder_target()
     return behaviour
-
-
-def colluder_target(scenario: Scenario) -> str | None:
-    """The hotkey a simulation's colluding validators pay: the first free-rider, else the first
-    adversary (None in an honest network)."""
-    nodes = scenario.nodes()
-    chosen = next((n for n, s in nodes.items() if s == "free-rider"), None)
-    chosen = chosen or next((n for n, s in nodes.items() if s != "honest"), None)
-    return None if chosen is None else scenario.identity(chosen).hotkey

@@ -91,6 +91,15 @@ class Scenario:
     overrides: list[str] = field(default_factory=list)
     data_dir: Path | None = None
     validators: list[str] = field(default_factory=lambda: ["honest"])  # SPEC[@STAKE] each
+    commit_reveal: bool = False  # the embedded chain hides weights until the epoch after the next
+
+    def colluder_target(self) -> str | None:
+        """The hotkey colluding validators pay: the first free-rider, else the first adversary (None in
+        an honest network)."""
+        nodes = self.nodes()
+        chosen = next((n for n, s in nodes.items() if s == "free-rider"), None)
+        chosen = chosen or next((n for n, s in nodes.items() if s != "honest"), None)
+        return None if chosen is None else self.identity(chosen).hotkey
 
     def validator_specs(self) -> list[ValidatorSpec]:
         """The validators, highest stake first (ties: in the order given)."""
