@@ -24,6 +24,8 @@ class MemorySubstrate:
         self.commitments: dict[str, dict[str, Any]] = {}
         self.weights: dict[int, list[tuple[int, int]]] = {}
         self.submitted: list[tuple[Any, str]] = []  # (call, signer address)
+        self.commit_reveal = False  # the subnet's CommitRevealWeightsEnabled
+        self.commits: dict[int, dict[str, Any]] = {}  # uid -> its timelocked commit (hidden until revealed)
 
     # -------------------------------------------------------------------------------- test setup
 
@@ -77,9 +79,13 @@ class MemorySubstrate:
             return "Yuma"
         if (module, name) == ("SubtensorModule", "MaxWeightsLimit"):
             return 65535
-        if name in ("CommitRevealWeightsEnabled", "WeightsSetRateLimit", "MinAllowedWeights"):
+        if name == "CommitRevealWeightsEnabled":
+            return self.commit_reveal
+        if name in ("WeightsSetRateLimit", "MinAllowedWeights"):
             return 0
-        return None
+        schedule = {"Tempo": 360, "RevealPeriodEpochs": 1, "LastEpochBlock": self.current - 10, "PendingEpochAt": 0,
+                    "SubnetEpochIndex": self.current // 361, "BlocksSinceLastStep": 10}
+        return schedule.get(name) if module == "SubtensorModule" else None
 
     async def map_has_entries(self, module, name, params, block_hash=None) -> bool:
         return bool(await self.query_map(module, name, params, block_hash))
@@ -130,6 +136,7 @@ class MemorySubstrate:
         handler = {
             ("Commitments", "set_commitment"): self._set_commitment,
             ("SubtensorModule", "set_mechanism_weights"): self._set_weights,
+            ("SubtensorModule", "commit_timelocked_mechanism_weights"): self._commit_weights,
         }.get((call.module, call.function))
         if handler is None:
             return ExtrinsicResult(success=False, message=f"{call.module}.{call.function} is not simulated")
@@ -159,4 +166,14 @@ class MemorySubstrate:
         if uid is None or not self.neurons[uid]["permit"]:
             return "NeuronNoValidatorPermit"
         self.weights[uid] = list(zip(params["dests"], params["weights"]))
+        return None
+
+    def _commit_weights(self, params: dict, hotkey: str) -> str | None:
+        uid = self._uid(hotkey)
+        if uid is None or not self.neurons[uid]["permit"]:
+            return "NeuronNoValidatorPermit"
+        if not self.commit_reveal:
+            return "CommitRevealDisabled"
+        self.commits[uid] = {"commit": bytes(params["commit"]), "reveal_round": params["reveal_round"],
+                             "block": self.current}
         return None

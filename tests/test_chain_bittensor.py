@@ -68,6 +68,20 @@ def test_set_weights_through_the_sdk_intent_and_read_them_back(chain, substrate)
         chain.set_weights(VALIDATOR, {0: 0.0})
 
 
+
+def test_with_commit_reveal_on_the_sdk_commits_timelocked_weights_that_nobody_can_read(chain, substrate):
+    # the same set_weights call: the SDK's SetWeights intent sees CommitRevealWeightsEnabled and
+    # sends a drand-timelocked commit instead of the weights
+    substrate.commit_reveal = True
+    chain.set_weights(VALIDATOR, {0: 3.0, 1: 1.0})
+    call, signer = substrate.submitted[-1]
+    assert (call.module, call.function, signer) == ("SubtensorModule", "commit_timelocked_mechanism_weights",
+                                                     VALIDATOR.hotkey)
+    commit = substrate.commits[1]
+    assert commit["reveal_round"] > 0 and len(commit["commit"]) > 32
+    assert (65535).to_bytes(2, "little") + (21845).to_bytes(2, "little") not in commit["commit"]  # encrypted
+    assert chain.weights() == {}  # nothing visible until the chain reveals it
+
 def test_an_unreachable_network_is_a_clear_error_not_a_hang():
     from s3_servers import free_port
 

@@ -29,7 +29,8 @@ def simulate(out, data_dir, *extra):
 
 def test_lockstep_run_with_a_custom_adversary_is_reported_and_reproducible(tmp_path, data_dir):
     scenario = ["--honest", "3", "--adversary", "copier", "--adversary", "noise", "--adversary",
-                "custom_adversary:Zeroes", "--windows", "6", "--seed", "7"]
+                "custom_adversary:Zeroes", "--windows", "6", "--seed", "7", "--validator", "honest@3",
+                "--validator", "weight-copier@1"]
     first = simulate(tmp_path / "a", data_dir, *scenario)
     assert set(first) == SUMMARY_KEYS and all(set(p) == PEER_KEYS for p in first["peers"])
     assert first["windows"] == 6 and len(first["loss"]) == 6 and first["loss"][-1] < first["loss"][0]
@@ -40,7 +41,7 @@ def test_lockstep_run_with_a_custom_adversary_is_reported_and_reproducible(tmp_p
     adversaries = [p["weight"] for p in first["peers"] if p["behaviour"] != "honest"]
     assert max(adversaries) < min(honest) and first["honest_weight_share"] >= 0.9
     assert by_name["copier"]["flagged"] and not any(by_name[f"honest-{i}"]["flagged"] for i in range(3))
-    for name in ("report.md", "loss.png", "weights.png", "ratings.png", "factors.png", "metrics.jsonl"):
+    for name in ("report.md", "loss.png", "weights.png", "ratings.png", "factors.png", "tokens.png", "metrics.jsonl"):
         assert (tmp_path / "a" / name).stat().st_size > 500, name
     lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 6
@@ -52,10 +53,15 @@ def test_lockstep_run_with_a_custom_adversary_is_reported_and_reproducible(tmp_p
     assert [e["block"] for e in first["emission"]] == [20, 40, 60, 80]
     minted = sum(e["owner"] + e["miners"] + e["validators"] for e in first["emission"])
     assert minted == pytest.approx(4 * 20, abs=1e-6)  # one token a block
-    assert first["validators"][0]["name"] == "validator" and first["validators"][0]["tokens"] > 0
+    validators = {v["name"]: v for v in first["validators"]}
+    assert list(validators) == ["honest-0", "weight-copier"] and all(v["tokens"] > 0 for v in validators.values())
+    assert (validators["honest-0"]["stake"], validators["weight-copier"]["stake"]) == (750.0, 250.0)
+    assert validators["weight-copier"]["behaviour"] == "weight-copier" and validators["weight-copier"]["vtrust"] > 0
     assert sum(p["tokens"] for p in first["peers"]) == pytest.approx(sum(e["miners"] for e in first["emission"]))
     assert first["honest_token_share"] >= 0.9
-    assert "last weights on chain, set after window 5" in (tmp_path / "a" / "report.md").read_text()
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "last weights on chain, set after window 5" in report
+    assert "**weight-copier** (25% of the stake) evaluated nothing" in report
     # same seed, lockstep: the same windows again, identical apart from timings (the first 3 suffice)
     simulate(tmp_path / "b", data_dir, *scenario, "--windows", "3")
 

@@ -130,8 +130,8 @@ def weights_caption(views) -> str:
     """Which weights the table shows: the last the validator set on chain, and when."""
     window = views[-1].weights_window if views else None
     if window is None:
-        return "weight: the validator set no weights on chain in this run"
-    return f"weight: the validator's last weights on chain, set after window {window}"
+        return "weight: the leading validator set no weights on chain in this run"
+    return f"weight: the leading validator's last weights on chain, set after window {window}"
 
 
 def validator_flags(args: argparse.Namespace) -> list[str]:
@@ -185,7 +185,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     summary = summarise(scenario, run, time.time() - started)
-    write_outputs(scenario, run.views, summary, cfg, run.parameters)
+    write_outputs(scenario, run, summary, cfg)
     print_table(summary, run.views)
     print("\n" + entered_line(summary).replace("**", ""))
     print(tokens_line(summary).replace("**", ""))

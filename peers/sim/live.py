@@ -104,7 +104,7 @@ def run_live(scenario: Scenario, progress) -> SimRun:
     for slow in behind:
         log.warning("%s warned that it cannot keep up with the windows: %s", slow["node"], slow["what"])
     return SimRun(views, hotkeys, _mean_message_bytes(scenario), sum(p.numel() for p in model.parameters()), behind,
-                  payouts=chain.payouts(), epochs=chain.epochs(),
+                  payouts=chain.payouts(), epochs=chain.epochs(), chain_weights=chain.weights(),
                   validators={v.name: scenario.identity(v.node).hotkey for v in scenario.validator_specs()})
 
 

@@ -229,7 +229,7 @@ def run_lockstep(scenario: Scenario, progress) -> SimRun:
     mean_bytes = sum(sizes) / len(sizes) if sizes else 0.0
     _advance_to(net, net.chain.block() + chain_tempo(cfg))  # the epoch that pays the last weights
     return SimRun(views, hotkeys, mean_bytes, sum(p.numel() for p in net.validator.model.parameters()),
-                  payouts=net.chain.payouts(), epochs=net.chain.epochs(),
+                  payouts=net.chain.payouts(), epochs=net.chain.epochs(), chain_weights=net.chain.weights(),
                   validators={v.name: scenario.identity(v.node).hotkey for v in scenario.validator_specs()})
 
 

@@ -14,7 +14,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from gauntlet.config import GauntletConfig  # noqa: E402
 from peers.sim.scenario import Scenario  # noqa: E402
-from peers.sim.summary import WindowView, flagged_reasons  # noqa: E402
+from peers.sim.payouts import clipped_lines, cumulative_tokens  # noqa: E402
+from peers.sim.summary import SimRun, WindowView, flagged_reasons  # noqa: E402
 
 
 def _integer_windows(*axes) -> None:
@@ -99,10 +100,27 @@ def plot_factors(views, behaviours: dict[str, str], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(scenario: Scenario, views: list[WindowView], summary: dict, cfg: GauntletConfig,
-                  parameters: int) -> None:
+def plot_tokens(run: SimRun, behaviours: dict[str, str], validators: dict[str, str], path: Path) -> None:
+    """Cumulative tokens per peer (left) and per validator (right), epoch by epoch."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, names, hotkeys, title in ((left, behaviours, run.hotkeys, "peers (incentive)"),
+                                      (right, validators, run.validators, "validators (dividends)")):
+        blocks, paid = cumulative_tokens(run, hotkeys)
+        for name, spec in names.items():
+            if name in paid:
+                ax.plot(blocks, paid[name], label=name, **_style(spec))
+        ax.set(xlabel="block of the epoch", ylabel="tokens received so far", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.suptitle("What Yuma Consensus paid, epoch by epoch (solid: honest)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(scenario: Scenario, run: SimRun, summary: dict, cfg: GauntletConfig) -> None:
     """The run directory: ``summary.json``, ``metrics.jsonl`` (one line per window), ``report.md`` and its plots."""
-    out = scenario.out
+    views, out = run.views, scenario.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     behaviours = scenario.nodes()
@@ -113,18 +131,19 @@ def write_outputs(scenario: Scenario, views: list[WindowView], summary: dict, cf
                                  "adversaries_aggregated": [n for n in v.aggregated
                                                             if behaviours.get(n, "honest") != "honest"],
                                  "list_rules": v.list_rules, "list_late": v.list_late}) + "\n")
-    write_report(out, scenario, views, summary, cfg, parameters)
+    write_report(out, scenario, run, summary, cfg)
 
 
-def write_report(out: Path, scenario: Scenario, views: list[WindowView], summary: dict, cfg: GauntletConfig,
-                 parameters: int) -> None:
-    """``report.md`` and its four plots."""
-    behaviours = scenario.nodes()
+def write_report(out: Path, scenario: Scenario, run: SimRun, summary: dict, cfg: GauntletConfig) -> None:
+    """``report.md`` and its five plots."""
+    behaviours, views = scenario.nodes(), run.views
     plot_loss(views, out / "loss.png")
     plot_weights(views, behaviours, out / "weights.png")
     plot_ratings(views, behaviours, out / "ratings.png")
     plot_factors(views, behaviours, out / "factors.png")
-    (out / "report.md").write_text(_headline(scenario, views, summary, cfg, parameters) + EXPLAINED)
+    plot_tokens(run, behaviours, {v["name"]: v["behaviour"] for v in summary["validators"]}, out / "tokens.png")
+    (out / "report.md").write_text(_headline(scenario, views, summary, cfg, run.parameters) + EXPLAINED
+                                   + _payouts_section(summary, clipped_lines(scenario, run, summary)))
 
 
 def entered_line(summary: dict) -> str:
@@ -169,8 +188,8 @@ def _headline(scenario: Scenario, views: list[WindowView], summary: dict, cfg: G
 
 {scenario.honest} honest peers and {len(scenario.adversaries)} adversaries trained the `{cfg.model.preset}` model for
 {summary['windows']} windows ({scenario.mode} mode, seed {scenario.seed}) in {summary['wall_s']:.0f} s.
-One validator scored them with Gauntlet and set weights on chain every {cfg.validator.weights_every} windows
-and at the last one (`{cfg.validator.policy}` policy).
+{_validators_sentence(summary)} set weights on chain every {cfg.validator.weights_every} windows
+and at the last one (`{cfg.validator.policy}` policy){" with commit-reveal" if scenario.commit_reveal else ""}.
 
 - Validation loss: **{loss[0]:.3f} → {loss[-1]:.3f}** (nats per token; the model starts at about ln(vocabulary)).
 - Honest peers' share of the weight: **{summary['honest_weight_share']:.1%}**.
@@ -185,7 +204,7 @@ and at the last one (`{cfg.validator.policy}` policy).
 |---|---|---|---|---|---|---|---|
 {rows}
 
-*weight*: the share of the validator's last weights on chain{_set_after(views)}. *tokens*: what the
+*weight*: the share of the leading validator's last weights on chain{_set_after(views)}. *tokens*: what the
 chain paid the peer over the run (an epoch of Yuma Consensus each time weights are set; see
 docs/payouts.md). *rating*: the OpenSkill
 ordinal, which rises when a peer's update lowers the loss more than the others' in the same window.
@@ -230,4 +249,30 @@ the **moving average** falls for peers whose update does not help their own assi
 random data (noise, sign flips, training on other data); **sync** collapses for a peer that stops
 applying the network's steps (stale); the **penalty** compounds for missing, late or invalid uploads and
 for copying; a **final score** of zero means no weight.
+"""
+
+
+def _validators_sentence(summary: dict) -> str:
+    validators = summary["validators"]
+    if len(validators) == 1:
+        return "One validator scored them with Gauntlet and"
+    total = sum(v["stake"] for v in validators) or 1.0
+    named = ", ".join(f"{v['name']} ({v['stake'] / total:.0%} of the stake)" for v in validators)
+    return (f"{len(validators)} validators — {named} — followed the highest-stake one that published in time; "
+            "those that evaluate scored the peers with Gauntlet, and all")
+
+
+def _payouts_section(summary: dict, clipped: list[str]) -> str:
+    why = "\n".join(f"- {line}" for line in clipped)
+    return f"""
+## Payouts
+
+![tokens](tokens.png)
+
+What the chain paid: every tempo Yuma Consensus combines the validators' weights by stake — for
+each peer, the consensus is the highest weight that validators holding half of the stake (κ) give
+it at least, and weights above it are clipped — pays the peers in proportion to the clipped,
+stake-weighted weights (incentive), and the validators by their bonds in the peers they weighted
+(dividends), so a validator that agrees with the others early earns more per unit of stake.
+{why}
 """

@@ -44,6 +44,7 @@ class SimRun:
     payouts: list = field(default_factory=list)  # the chain's gauntlet.chain.Payout per uid at the end
     epochs: list[dict] = field(default_factory=list)  # the chain's epochs (LocalChain.epochs)
     validators: dict[str, str] = field(default_factory=dict)  # validator name (honest-0, colluder) -> hotkey
+    chain_weights: dict[int, dict[int, float]] = field(default_factory=dict)  # visible on chain at the end
 
 
 def window_lines(path: Path) -> dict[int, dict]:
