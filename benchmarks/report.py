@@ -232,7 +232,35 @@ def glance(conv: dict | None) -> list[str]:
         lines.append(f"| adversaries (lockstep) | final loss with the 9 default adversaries / without; their messages "
                      f"aggregated after the first list | {with_['final_loss']:.3f} / {without['final_loss']:.3f}; "
                      f"{with_['adversary_messages_aggregated']} |")
+    if v := load("validators"):
+        d = v["dividends_per_stake"]
+        lines.append(f"| validators | free-rider's / honest peers' share of the tokens; copier's dividends per "
+                     f"stake, commit-reveal off / on | {v['free_rider_token_share']:.2%} / "
+                     f"{v['honest_token_share']:.1%}; {d['copier_cr_off']:.4f} / {d['copier_cr_on']:.4f} |")
     return lines + [""]
+
+
+def validators_section() -> list[str]:
+    v = load("validators")
+    if not v:
+        return ["Validators: not run (`python benchmarks/validators.py`).", ""]
+    d = v["dividends_per_stake"]
+    honest = ", ".join(f"{k} {x:.4f}" for k, x in d.items() if k.startswith("honest"))
+    lines = [f"Validators (`python benchmarks/validators.py`): the default peers and adversaries (`tiny`, "
+             f"{v['windows']} windows, seed {v['seed']}) scored by {', '.join(v['validators'])} (relative stakes), "
+             f"commit-reveal off and on. {stamp(v)}.", "",
+             "| measure | commit-reveal off | commit-reveal on |", "|---|---|---|"]
+    off, on = v["commit_reveal_off"], v["commit_reveal_on"]
+    for label, key, fmt in (("free-rider's share of the miners' tokens", "free_rider_token_share", "{:.2%}"),
+                            ("honest peers' share", "honest_token_share", "{:.1%}"),
+                            ("rank correlation of the honest validators' weights", "honest_validator_rank_correlation",
+                             "{:.3f}"), ("final loss", "final_loss", "{:.3f}"), ("wall time (s)", "wall_s", "{:.0f}")):
+        lines.append(f"| {label} | {fmt.format(off[key])} | {fmt.format(on[key])} |")
+    for name in off["dividends_per_stake"]:
+        lines.append(f"| {name}: tokens per unit of stake | {off['dividends_per_stake'][name]:.4f} | "
+                     f"{on['dividends_per_stake'][name]:.4f} |")
+    return lines + ["", f"Dividends per unit of stake (commit-reveal off): {honest}; colluder {d['colluder']:.4f}; "
+                        f"weight copier {d['copier_cr_off']:.4f}, with commit-reveal {d['copier_cr_on']:.4f}.", ""]
 
 
 def adversaries_section() -> list[str]:
@@ -268,7 +296,7 @@ def render(plots: bool = True) -> str:
     lines += codec_section() + validator_section() + storage_section()
     if plots and (sc := load("scaling")):
         plot_scaling(sc)
-    lines += scaling_section() + sharded_section() + adversaries_section()
+    lines += scaling_section() + sharded_section() + adversaries_section() + validators_section()
     return "\n".join(lines).rstrip() + "\n\n" + END
 
 

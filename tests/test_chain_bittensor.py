@@ -66,6 +66,10 @@ def test_set_weights_through_the_sdk_intent_and_read_them_back(chain, substrate)
         chain.set_weights(OUTSIDER, {0: 1.0})
     with pytest.raises(ChainError, match="zero"):
         chain.set_weights(VALIDATOR, {0: 0.0})
+    submitted = len(substrate.submitted)
+    with pytest.raises(ChainError, match="uid 0 appears twice"):
+        chain.set_weights(VALIDATOR, {0: 1.0, "0": 2.0})
+    assert len(substrate.submitted) == submitted  # refused before anything was signed
 
 
 

@@ -19,6 +19,7 @@ from peers.network.gather import gather
 from peers.sim.lockstep import build, node_identity, run, run_window
 from peers.node.clock import WindowClock
 from peers.validator import Validator
+from peers.validator_behaviours import Crash, ValidatorBehaviour
 from wire_helpers import SHAPES, message
 
 # ------------------------------------------------------------------------------- storage over HTTP
@@ -232,9 +233,16 @@ def test_the_validator_loop_retries_a_window_until_the_chain_answers(monkeypatch
                                   current_window=lambda: 5)
     node = types.SimpleNamespace(
         start=lambda: None, book=types.SimpleNamespace(window=4), opts=types.SimpleNamespace(stop_after_window=6),
-        clock=clock, evaluate_window=evaluate, RETRY_S=0.0, _check_fit=lambda w, s: None)
+        clock=clock, evaluate_window=evaluate, RETRY_S=0.0, _check_fit=lambda w, s: None,
+        behaviour=ValidatorBehaviour())
     Validator._loop(node)
     assert calls == [5, 5, 5, 6]
+    # a validator whose behaviour stops it (crash) evaluates up to that window and no further
+    calls.clear()
+    node.book.window, node.behaviour = 4, Crash()
+    node.behaviour.stop_window = 5
+    Validator._loop(node)
+    assert calls == [5, 5, 5]
 
 
 # ------------------------------------------------------------------------------------------ clock
