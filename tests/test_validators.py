@@ -121,3 +121,13 @@ def test_when_the_leader_stops_every_node_follows_the_next_validator_by_stake(tm
     # the lazy validator published nothing (no card): nobody ever tried to follow it
     lazy = node_identity(cfg.seed, "validator-lazy").hotkey
     assert lazy not in net.chain.commitments() and net.chain.weights()
+
+
+def test_gauntlet_validate_refuses_an_unknown_behaviour_or_a_friend_without_a_colluder(capsys, tmp_path):
+    from peers.cli import main
+
+    store = ["--storage", f"file://{tmp_path}/bucket"]
+    assert main(["validate", *store, "--behaviour", "bribed"]) == 1
+    assert "unknown validator behaviour 'bribed'" in capsys.readouterr().err
+    assert main(["validate", *store, "--collude-with", "5Fakehotkey"]) == 1
+    assert "--collude-with needs --behaviour colluder" in capsys.readouterr().err
