@@ -11,12 +11,13 @@ published so far), ``previous_aggregate()`` and ``rng`` (a seeded ``random.Rando
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from peers.node.plugins import load_plugin
 
 
 @dataclass
@@ -170,15 +171,4 @@ BUILT_IN: dict[str, type[Behaviour]] = {
 
 def load_behaviour(spec: str) -> Behaviour:
     """A built-in behaviour by name, or a user's ``module:Class`` subclass of :class:`Behaviour`."""
-    if spec in BUILT_IN:
-        return BUILT_IN[spec]()
-    module_name, _, class_name = spec.partition(":")
-    if not class_name:
-        raise ValueError(f"unknown behaviour {spec!r}: use one of {sorted(BUILT_IN)} or module:Class")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load behaviour {spec!r}: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Behaviour)):
-        raise ValueError(f"{spec!r} is not a subclass of peers.behaviours.Behaviour")
-    return cls()
+    return load_plugin(spec, BUILT_IN, Behaviour, "behaviour")

@@ -11,10 +11,11 @@ shows now — with commit-reveal on, only revealed ones — by validator uid) an
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from peers.node.plugins import load_plugin
 
 
 @dataclass
@@ -116,15 +117,4 @@ BUILT_IN: dict[str, type[ValidatorBehaviour]] = {
 def load_validator_behaviour(spec: str) -> ValidatorBehaviour:
     """A built-in validator behaviour by name, or a user's ``module:Class`` subclass of
     :class:`ValidatorBehaviour`."""
-    if spec in BUILT_IN:
-        return BUILT_IN[spec]()
-    module_name, _, class_name = spec.partition(":")
-    if not class_name:
-        raise ValueError(f"unknown validator behaviour {spec!r}: use one of {sorted(BUILT_IN)} or module:Class")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load validator behaviour {spec!r}: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, ValidatorBehaviour)):
-        raise ValueError(f"{spec!r} is not a subclass of peers.validator_behaviours.ValidatorBehaviour")
-    return cls()
+    return load_plugin(spec, BUILT_IN, ValidatorBehaviour, "validator behaviour")
