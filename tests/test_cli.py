@@ -22,3 +22,19 @@ def test_inspect_exits_2_on_invalid_and_1_on_unreadable(tmp_path, cfg, alice, ca
     assert main(["inspect", str(path)]) == 2
     assert "invalid message" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "none")]) == 1
+
+
+def test_logging_flags_set_gauntlets_and_the_libraries_levels():
+    import logging
+
+    from peers.cli import build_parser
+    from peers.cli.flags import log_levels
+
+    assert log_levels() == (logging.INFO, logging.INFO)
+    assert log_levels(quiet=True) == (logging.WARNING, logging.WARNING)
+    assert log_levels(debug=True) == (logging.INFO, logging.DEBUG)  # gauntlet's lines only
+    assert log_levels(quiet=True, debug=True) == (logging.WARNING, logging.DEBUG)  # what other ranks get
+    assert log_levels(trace=True) == (logging.DEBUG, logging.DEBUG)  # boto3, urllib3, torch too
+    for command in ("peer", "validate"):
+        args = build_parser().parse_args([command, "--storage", "file:///tmp/x", "--logging.debug", "--logging.trace"])
+        assert args.log_debug and args.log_trace

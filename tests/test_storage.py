@@ -42,6 +42,30 @@ def test_round_trip_head_list_and_delete(store):
         store.get("runs/a/x.bin")
 
 
+def test_delete_many_removes_every_key_in_batches(store, monkeypatch):
+    keys = [f"runs/r/windows/{w}/x.bin" for w in range(2500)] if isinstance(store, S3Store) else \
+        [f"runs/r/{i}.bin" for i in range(20)]
+    for key in keys[:40] + keys[-3:]:
+        store.put(key, b"x")
+    requests = []
+    if isinstance(store, S3Store):  # count DeleteObjects requests: 2,500 keys go in three
+        store.client.meta.events.register("before-call.s3.DeleteObjects", lambda **kw: requests.append(1))
+    store.delete_many(keys)  # most of them do not exist: not an error
+    assert store.list("runs/") == []
+    assert len(requests) == (3 if isinstance(store, S3Store) else 0)
+    store.delete_many([])
+    with pytest.raises(StorageError, match="invalid object key"):
+        store.delete_many(["ok", "../escape"])
+
+
+def test_keys_an_s3_server_refuses_to_delete_are_named_in_the_error(moto_port, monkeypatch):
+    store = s3_store(moto_port)
+    refused = {"Errors": [{"Key": "runs/r/a.bin", "Code": "AccessDenied", "Message": "locked"}]}
+    monkeypatch.setattr(store.client, "delete_objects", lambda **kw: refused)
+    with pytest.raises(StorageError, match="refused to delete 1 of 2 objects, e.g. runs/r/a.bin: AccessDenied"):
+        store.delete_many(["runs/r/a.bin", "runs/r/b.bin"])
+
+
 def test_overwrite_is_atomic_for_concurrent_readers(store):
     versions = [bytes([i]) * (1000 + 7919 * i) for i in range(6)]
     store.put("obj", versions[0])
@@ -80,6 +104,8 @@ def test_read_only_stores_refuse_writes(store, tmp_path):
         ro.put("k", b"w")
     with pytest.raises(AccessDenied):
         ro.delete("k")
+    with pytest.raises(AccessDenied):
+        ro.delete_many(["k"])
 
 
 @pytest.mark.parametrize("key", ["../escape", "/abs", "a//b", "a/./b", "sp ace", "", "a/b/", "é"])

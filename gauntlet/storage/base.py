@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +29,8 @@ class ObjectStore(Protocol):
       and enforced while streaming) with :class:`~gauntlet.errors.ObjectTooLarge`; a missing
       object raises :class:`~gauntlet.errors.ObjectNotFound`.
     - ``head`` returns None for a missing object; ``list`` returns objects under a prefix in key
-      order; ``delete`` of a missing object is not an error.
+      order; ``delete`` of a missing object is not an error; ``delete_many`` deletes many keys in
+      as few requests as the backend allows (S3: 1,000 a request).
     - Writes through a read-only store raise :class:`~gauntlet.errors.AccessDenied`.
     """
 
@@ -50,6 +52,8 @@ class ObjectStore(Protocol):
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
 
     def delete(self, key: str) -> None: ...
+
+    def delete_many(self, keys: Sequence[str]) -> None: ...
 
 
 def check_key(key: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gauntlet.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, StorageError
@@ -112,3 +112,8 @@ class FileStore:
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot delete {key} from {self.url}: {exc.strerror or exc}") from exc
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete each key (one unlink each: a file system has no batch)."""
+        for key in keys:
+            self.delete(key)

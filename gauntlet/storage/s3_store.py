@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import boto3
@@ -46,6 +46,7 @@ _TRANSIENT_NETWORK = (
 )
 _TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 _STREAM_CHUNK = 1 << 20
+DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 limit)
 
 
 class _Transient(Exception):
@@ -211,6 +212,21 @@ class S3Store:
         self._writable()
         check_key(key)
         self._call(f"delete {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete every key, up to 1,000 a request (``DeleteObjects``); a missing key is not an error,
+        a key the server refuses to delete is a StorageError naming it."""
+        self._writable()
+        keys = [check_key(k) for k in keys]
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": k} for k in keys[start : start + DELETE_BATCH]]
+            answer = self._call(f"delete {len(batch)} objects", lambda: self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}))
+            refused = answer.get("Errors") or []
+            if refused:
+                first = refused[0]
+                raise StorageError(f"{self.url} refused to delete {len(refused)} of {len(batch)} objects, e.g. "
+                                   f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip())
 
     def create_bucket(self) -> None:
         """Create the bucket if it does not exist (needs a key allowed to)."""

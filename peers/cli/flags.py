@@ -53,7 +53,7 @@ def add_node_arguments(p: argparse.ArgumentParser, role: str) -> dict[str, argpa
     g.add_argument("--run-dir", type=Path, default=Path(f"runs/{role}"), help="local state and logs")
     g.add_argument("--data-dir", type=Path, help="prepared datasets cache (default ~/.cache/gauntlet/data)")
     g.add_argument("--until-window", type=int, help="stop after this window (default: run forever)")
-    g.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    add_logging_arguments(g)
     g.add_argument("--retain", type=int, default=0, metavar="K",
                    help="keep the last K windows of what this node publishes in its bucket (messages, fingerprints, "
                         "aggregates, peer lists) and its last K checkpoints, deleting older ones; 0 keeps everything. "
@@ -122,19 +122,40 @@ def describe_start(role: str, identity, chain, store, world) -> None:
                                                store.url, ranks)
 
 
-def setup_logging(quiet: bool) -> None:
-    level = logging.WARNING if quiet else logging.INFO
-    if sys.stderr.isatty():
+def add_logging_arguments(g) -> None:
+    """``--quiet``, ``--logging.debug`` and ``--logging.trace`` (see :func:`log_levels`)."""
+    g.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    g.add_argument("--logging.debug", dest="log_debug", action="store_true",
+                   help="debug lines from gauntlet's own loggers (every rank, under torchrun)")
+    g.add_argument("--logging.trace", dest="log_trace", action="store_true",
+                   help="debug lines from every library too (boto3, urllib3, torch.distributed, the bittensor SDK)")
+
+
+def log_levels(quiet: bool = False, debug: bool = False, trace: bool = False) -> tuple[int, int]:
+    """(the root logger's level, gauntlet's loggers' level): ``trace`` debug everywhere, ``debug``
+    debug for gauntlet only, ``quiet`` warnings and errors, else info."""
+    if trace:
+        return logging.DEBUG, logging.DEBUG
+    base = logging.WARNING if quiet else logging.INFO
+    return base, logging.DEBUG if debug else base
+
+
+def setup_logging(quiet: bool, debug: bool = False, trace: bool = False, prefix: str = "") -> None:
+    """The process's log lines: rich on a terminal, else timestamped lines (``prefix`` before the level,
+    e.g. a rank); levels from :func:`log_levels`."""
+    root, own = log_levels(quiet, debug, trace)
+    if sys.stderr.isatty() and not prefix:
         from rich.logging import RichHandler  # deferred: rich comes with the [node] extra
 
-        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+        logging.basicConfig(level=root, format="%(message)s", handlers=[RichHandler(show_path=False)])
     else:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=root, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gauntlet").setLevel(own)
 
 
 def open_node(args, role: str):
     """Config, identity, chain (registered when asked), store and its card, from the common flags."""
-    setup_logging(args.quiet)
+    setup_logging(args.quiet, args.log_debug, args.log_trace)
     cfg = load_config(args.config, args.overrides)
     identity = identity_from_args(args)
     if args.chain is None and args.netuid is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gauntlet.config import load_config
 from gauntlet.errors import ConfigError
-from peers.cli.flags import open_node
+from peers.cli.flags import open_node, setup_logging
 
 # Imports of torch and the node code (gauntlet.parallel, gauntlet.data, gauntlet.models, peers.node) are
 # deferred into the functions that start a node: `gauntlet --help` and flag errors stay instant.
@@ -137,8 +137,8 @@ def _serve(cfg, args, world, train: bool) -> None:
     from gauntlet.models import build_model  # deferred: torch (see the top of this module)
     from peers.node.engine import ModelEngine
 
-    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank {world.rank} %(levelname)s %(name)s: "
-                        "%(message)s")
+    # warnings and errors only, unless --logging.debug / --logging.trace ask for more
+    setup_logging(True, args.log_debug, args.log_trace, prefix=f"rank {world.rank} ")
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0 decides when to stop, and tells the others
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _barrier(world)  # rank 0 has prepared the data

@@ -8,8 +8,9 @@ windows of them — enough for a peer that was away to replay the windows it mis
 validator's aggregates from its last checkpoint on — and its last K checkpoints; the signed window
 records (a few kB each, the audit trail) and peer lists (about 1.5 kB each; a node whose window's
 list is late looks back for the most recent one in time, and all must find the same) are never
-deleted. Each deletion removes one whole object,
-so a crash mid-way leaves nothing half-pruned; what is left is pruned at the next window or start.
+deleted. Deletions go in batches (S3's ``DeleteObjects``, 1,000 keys a request) and each removes one
+whole object, so a crash mid-way leaves nothing half-pruned; what is left is pruned at the next
+window or start.
 """
 
 from __future__ import annotations
@@ -60,8 +61,7 @@ def prune(store: ObjectStore, run: str, hotkey: str, newest: int, retain: int, e
             infos += store.list(keys.run_prefix(run) + "checkpoints/")
         parsed = [(i.key, p) for i in infos if (p := keys.parse(i.key)) is not None]
         gone = expired(parsed, run, hotkey, newest, retain)
-        for key in gone:
-            store.delete(key)
+        store.delete_many(gone)  # S3: one request per 1,000 keys
         return len(gone)
     except StorageError as exc:
         log.warning("pruning windows up to %d failed (retried next window): %s", newest - retain, exc)
