@@ -34,8 +34,7 @@ from embed_torch_distributed import batches, stdlib_tokens  # noqa: E402
 
 from gauntlet.config import SparseLoCoConfig  # noqa: E402
 from gauntlet.parallel.fsdp import shard_model  # noqa: E402
-from gauntlet.sparseloco.embed import SparseLoCo  # noqa: E402
-from gauntlet.sparseloco.transport import TorchDistributedTransport  # noqa: E402
+from gauntlet.sparseloco import SparseLoCo, TorchDistributedTransport  # noqa: E402
 
 
 def main() -> None:

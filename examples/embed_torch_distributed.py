@@ -21,9 +21,7 @@ import torch.distributed as dist
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from gauntlet.config import SparseLoCoConfig
-from gauntlet.sparseloco import fingerprint
-from gauntlet.sparseloco.embed import DiLoCo, SparseLoCo
-from gauntlet.sparseloco.transport import TorchDistributedTransport
+from gauntlet.sparseloco import DiLoCo, SparseLoCo, TorchDistributedTransport, fingerprint
 
 
 def stdlib_tokens(max_bytes: int) -> torch.Tensor:

@@ -41,6 +41,16 @@ class Recording(SoloTransport):
         return [payload]
 
 
+def test_the_embedding_api_is_importable_from_the_package():
+    import gauntlet.sparseloco as sl
+    from gauntlet.sparseloco import embed, transport
+
+    assert (sl.SparseLoCo, sl.DiLoCo, sl.SyncReport) == (embed.SparseLoCo, embed.DiLoCo, embed.SyncReport)
+    assert (sl.TorchDistributedTransport, sl.SoloTransport) == (transport.TorchDistributedTransport,
+                                                                transport.SoloTransport)
+    assert {"SparseLoCo", "DiLoCo", "TorchDistributedTransport"} <= set(sl.__all__)
+
+
 def test_hook_syncs_every_h_inner_steps_and_applies_the_decoded_update():
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -17,12 +17,20 @@ from gauntlet.sparseloco.compress import CompressedTensor
 from gauntlet.sparseloco.feedback import ErrorFeedback
 from gauntlet.sparseloco.fingerprint import fingerprint
 from gauntlet.sparseloco.wire import Message, decode_message, encode_message
+from gauntlet.sparseloco.embed import DiLoCo, SparseLoCo, SyncReport  # noqa: E402 (uses the modules above)
+from gauntlet.sparseloco.transport import SoloTransport, TorchDistributedTransport, Transport
 
 __all__ = [
     "CompressedTensor",
+    "DiLoCo",
     "ErrorFeedback",
     "Message",
+    "SoloTransport",
+    "SparseLoCo",
+    "SyncReport",
     "TensorLayout",
+    "TorchDistributedTransport",
+    "Transport",
     "aggregate",
     "decode_message",
     "encode_message",
