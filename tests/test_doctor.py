@@ -48,7 +48,7 @@ def local_chain(tmp_path, register=True, permit=False, **kw):
 
 def test_a_correct_local_set_up_passes_every_check(tmp_path, corpus, capsys):
     chain, url = local_chain(tmp_path)
-    code, checks = run(capsys, doctor(tmp_path, corpus, url, f"file://{tmp_path / 'bucket'}"))
+    code, checks = run(capsys, doctor(tmp_path, corpus, url, f"file://{tmp_path / 'bucket'}", "--allow-local-cards"))
     assert code == 0, checks
     assert set(checks) == {"write key", "read key", "hotkey", "bucket card", "clock", "device", "data", "disk"}
     assert all(c["ok"] for c in checks.values())
@@ -70,9 +70,19 @@ def test_an_unregistered_hotkey_and_a_validator_without_permit_fail(tmp_path, co
 def test_a_card_on_chain_for_another_bucket_fails(tmp_path, corpus, capsys):
     chain, url = local_chain(tmp_path)
     chain.commit(Identity.from_seed(SEED), BucketCard("file", str(tmp_path / "elsewhere")).encode())
-    code, checks = run(capsys, doctor(tmp_path, corpus, url, f"file://{tmp_path / 'bucket'}"))
+    code, checks = run(capsys, doctor(tmp_path, corpus, url, f"file://{tmp_path / 'bucket'}", "--allow-local-cards"))
     assert code == 1 and not checks["bucket card"]["ok"]
     assert "location" in checks["bucket card"]["reason"] and "elsewhere" in checks["bucket card"]["reason"]
+
+
+def test_a_card_other_nodes_would_refuse_fails_with_the_fix(tmp_path, corpus, capsys, moto_port):
+    _, url = local_chain(tmp_path)
+    keys = ["--storage.read-access-key", "r", "--storage.read-secret-key", "s"]
+    for storage in (f"file://{tmp_path / 'bucket'}", f"s3://b?endpoint_url=http://127.0.0.1:{moto_port}&region=x"):
+        code, checks = run(capsys, doctor(tmp_path, corpus, url, storage, *keys))
+        card = checks["bucket card"]
+        assert code == 1 and not card["ok"] and card["reason"].startswith("other nodes will refuse this card")
+        assert "https://" in card["fix"] and "--allow-local-cards" in card["fix"]
 
 
 def test_a_clock_an_hour_off_the_chain_fails(tmp_path, corpus, capsys):
@@ -146,7 +156,7 @@ def test_on_an_s3_server_that_enforces_keys(tmp_path, corpus, capsys, weed):
     chain, _ = local_chain(tmp_path)
     chain.commit(Identity.from_seed(SEED), BucketCard("s3", weed.endpoint, BUCKET, "us-east-1", *weed.READER).encode())
     code, checks = run(capsys, doctor(tmp_path, corpus, url, storage.replace(BUCKET, "other-bucket").replace(
-        "us-east-1", "eu-west-2"), *write, "--storage.read-access-key", weed.READER[0],
+        "us-east-1", "eu-west-2"), *write, "--allow-local-cards", "--storage.read-access-key", weed.READER[0],
         "--storage.read-secret-key", weed.READER[1]))
     assert code == 1 and not checks["bucket card"]["ok"]
     assert "bucket 'doctor-bucket' on chain vs 'other-bucket' here" in checks["bucket card"]["reason"]

@@ -62,7 +62,8 @@ def run_doctor(args: argparse.Namespace) -> int:
                           access_key=card.access_key, secret_key=card.secret_key, max_attempts=1)
 
     setup = Setup(args.role, cfg, identity.hotkey, chain, store, card, read_store, run_dir,
-                  args.data_dir or default_data_dir(), free_bytes=args.free_bytes, retain=args.retain)
+                  args.data_dir or default_data_dir(), free_bytes=args.free_bytes, retain=args.retain,
+                  allow_local_cards=args.allow_local_cards)
     checks = early + [c for c in run_checks(setup, lambda: parameter_count(cfg))
                       if not (chain is None and c.name in ("hotkey", "bucket card", "clock"))
                       and not (store is None and c.name in ("write key", "read key", "bucket card"))]

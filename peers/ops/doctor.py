@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gauntlet.errors import AccessDenied, GauntletError, StorageError
-from gauntlet.storage import BucketCard
+from gauntlet.errors import AccessDenied, GauntletError, InvalidCommitment, StorageError
+from gauntlet.storage import BucketCard, check_card_endpoint
 
 PROBE_PREFIX = "doctor/"
 CHECK_TIMEOUT_S = 60.0
@@ -51,6 +51,7 @@ class Setup:
     data_dir: Path
     free_bytes: int | None = None  # pretend the disk has this much free (tests, planning)
     retain: int = 0  # windows of published objects kept (--retain; 0: all)
+    allow_local_cards: bool = False  # a local test network: file://, http:// and private cards are fine
 
 
 def guarded(name: str, fn: Callable[[], Check], timeout: float = CHECK_TIMEOUT_S) -> Check:
@@ -141,8 +142,17 @@ def check_registered(s: Setup) -> Check:
 
 
 def check_card(s: Setup) -> Check:
+    """The card this node publishes: one other nodes accept (https on a public address), and the one
+    the chain holds if it holds one."""
     if s.card is None:
         return Check("bucket card", True, "no card to publish")
+    try:
+        check_card_endpoint(s.card, s.allow_local_cards)
+    except InvalidCommitment as exc:
+        return Check("bucket card", False, f"other nodes will refuse this card: {exc}",
+                     "serve the bucket over https:// from a public address (Cloudflare R2, AWS S3, ...); only a "
+                     "local test network, where every node passes --allow-local-cards, may use file://, http:// or "
+                     "private addresses")
     mine = s.chain.commitments().get(s.hotkey)
     if mine is None:
         return Check("bucket card", True, "none on chain yet: the node commits it when it starts")
