@@ -2,6 +2,7 @@
 
 import json
 import re
+import threading
 import time
 
 import pytest
@@ -161,3 +162,18 @@ def test_on_an_s3_server_that_enforces_keys(tmp_path, corpus, capsys, weed):
     assert code == 1 and not checks["bucket card"]["ok"]
     assert "bucket 'doctor-bucket' on chain vs 'other-bucket' here" in checks["bucket card"]["reason"]
     assert "region 'us-east-1' on chain vs 'eu-west-2' here" in checks["bucket card"]["reason"]
+
+
+def test_a_check_that_hangs_is_reported_and_does_not_keep_the_doctor_running():
+    import subprocess
+    import sys
+
+    from peers.ops.doctor import guarded
+
+    check = guarded("data", lambda: threading.Event().wait(), timeout=1.0)  # never answers
+    assert not check.ok and check.reason == "no answer within 1 s" and "gauntlet data prepare" in check.fix
+    # the abandoned check must not hold the process open once the doctor has reported
+    code = ("import threading; from peers.ops.doctor import guarded; "
+            "print(guarded('data', lambda: threading.Event().wait(), timeout=0.5).ok)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

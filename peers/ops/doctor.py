@@ -8,10 +8,10 @@ store and the bucket card the node publishes (with the read-only key others get)
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import math
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -54,19 +54,40 @@ class Setup:
     allow_local_cards: bool = False  # a local test network: file://, http:// and private cards are fine
 
 
+TIMEOUT_FIXES = {  # what to do about a check that did not answer in time
+    "data": "tokenise the corpus once before the node starts: gauntlet data prepare SOURCE --out DIR, then "
+            "--set data.source=DIR",
+    "device": "check the GPU and its driver (nvidia-smi)",
+    "disk": "check the run directory's file system",
+}
+
+
 def guarded(name: str, fn: Callable[[], Check], timeout: float = CHECK_TIMEOUT_S) -> Check:
-    """Run one check; a failure to run it is a failed check with its cause."""
-    pool = cf.ThreadPoolExecutor(1, thread_name_prefix=f"doctor-{name}")
-    try:
-        return pool.submit(fn).result(timeout=timeout)
-    except cf.TimeoutError:
-        return Check(name, False, f"no answer within {timeout:.0f} s", "check the network path to this service")
-    except GauntletError as exc:
-        return Check(name, False, f"could not run: {exc}", "see the reason")
-    except Exception as exc:  # a check must never end the doctor with a traceback
-        return Check(name, False, f"could not run: {type(exc).__name__}: {exc}", "see the reason")
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    """Run one check, for at most ``timeout`` seconds; a failure to run it is a failed check with its
+    cause. The check runs in a daemon thread: one that does not answer in time is abandoned, and
+    cannot keep the doctor's process alive once it has reported (a service manager's start timeout
+    counts that time)."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(fn())
+        except BaseException as exc:  # reported below, as the check's failure
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, name=f"doctor-{name}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        return Check(name, False, f"no answer within {timeout:.0f} s",
+                     TIMEOUT_FIXES.get(name, "check the network path to this service"))
+    result = outcome[0]
+    if isinstance(result, Check):
+        return result
+    if isinstance(result, GauntletError):
+        return Check(name, False, f"could not run: {result}", "see the reason")
+    # a check must never end the doctor with a traceback
+    return Check(name, False, f"could not run: {type(result).__name__}: {result}", "see the reason")
 
 
 # ------------------------------------------------------------------------------------- storage
