@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,20 +35,36 @@ def stop_on_signals(node):
         node.clock.request_stop(f"{name} received")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    done = threading.Event()
+    if os.environ.get(STOP_FILE_ENV):  # rank 0 under the --nproc supervisor: it asks by creating a file
+        threading.Thread(target=_watch_stop_file, args=(node, Path(os.environ[STOP_FILE_ENV]), done),
+                         name="stop-file", daemon=True).start()
     try:
         yield node
     finally:
+        done.set()
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
 EXIT_FILE_ENV = "GAUNTLET_EXIT_FILE"  # where rank 0 says it stopped cleanly (for the --nproc supervisor)
+STOP_FILE_ENV = "GAUNTLET_STOP_FILE"  # created by the --nproc supervisor: rank 0 stops as on SIGTERM
+
+
+def _watch_stop_file(node, path: Path, done: threading.Event, every_s: float = 0.2) -> None:
+    """Until the node has stopped: when ``path`` appears, ask it to stop at its next safe point."""
+    while not done.wait(every_s):
+        if path.exists():
+            logging.getLogger("gauntlet.node").info("stop requested by the supervisor: stopping at the next safe point")
+            node.clock.request_stop("SIGTERM received by the supervisor")
+            return
 
 
 def spawn_torchrun(nproc: int) -> int:
     """``torchrun --standalone --nproc_per_node N -m peers.cli <same args>`` as a child, supervised:
-    SIGTERM / Ctrl-C are passed on (rank 0 then stops at its next wait and releases the others), and
-    the exit status is 0 when rank 0 stopped cleanly — torchrun itself reports any signal as a failure."""
+    the first SIGTERM / Ctrl-C asks rank 0 to stop through a file (it stops at its next wait and
+    releases the others, and torchrun's agent ends normally, without the traceback a signal gives it);
+    a second one is passed on to torchrun (stop now). The exit status is 0 when rank 0 stopped cleanly."""
     from gauntlet.parallel.world import die_with_parent  # deferred: torch (see the top of this module)
 
     if nproc < 1:
@@ -63,13 +80,16 @@ def spawn_torchrun(nproc: int) -> int:
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "peers.cli", *rest]
     with tempfile.TemporaryDirectory(prefix="gauntlet-") as tmp:
-        exit_file = Path(tmp) / "exit"
-        proc = subprocess.Popen(argv, env={**os.environ, EXIT_FILE_ENV: str(exit_file)}, preexec_fn=die_with_parent)
+        exit_file, stop_file = Path(tmp) / "exit", Path(tmp) / "stop"
+        proc = subprocess.Popen(argv, env={**os.environ, EXIT_FILE_ENV: str(exit_file), STOP_FILE_ENV: str(stop_file)},
+                                preexec_fn=die_with_parent)
         stopping: list[int] = []
 
         def forward(signum, _frame):
             stopping.append(signum)
-            if proc.poll() is None:
+            if len(stopping) == 1:
+                stop_file.touch()  # rank 0 stops at its next safe point; the others follow it
+            elif proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
