@@ -19,9 +19,10 @@ log = logging.getLogger("gauntlet.simulate")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate", help="run a whole network on this machine and report who got paid",
-        description="Run a whole Gauntlet network on this machine: honest peers, adversaries and a validator on "
-                    "an embedded chain and store. Writes OUT/summary.json, OUT/metrics.jsonl, OUT/report.md and "
-                    "PNG plots. Defaults need nothing but this package and finish in a few minutes on 2 CPU cores.",
+        description="Run a whole Gauntlet network on this machine: honest peers, adversaries and one or more "
+                    "validators on an embedded chain (which pays by Yuma Consensus) and store. Writes "
+                    "OUT/summary.json, OUT/metrics.jsonl, OUT/report.md and PNG plots. Defaults need nothing but "
+                    "this package and finish in a few minutes on 2 CPU cores.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=("lockstep", "live"), default="lockstep",
                    help="lockstep: one process, virtual clock, deterministic for a seed; live: one OS process per "
