@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scipy.stats import spearmanr  # noqa: E402
 
 from benchmarks.common import finish, log, parser  # noqa: E402
 from gauntlet.chain.local import LocalChain  # noqa: E402
@@ -26,29 +29,10 @@ from peers.cli import main as gauntlet  # noqa: E402
 VALIDATORS = ["honest@40", "honest@30", "honest@20", "colluder@10", "weight-copier@10"]
 
 
-def ranks(values: list[float]) -> list[float]:
-    """Ranks from 1, ties sharing their mean rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
 def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (Pearson's of the ranks)."""
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    sa = sum((x - ma) ** 2 for x in ra) ** 0.5
-    sb = sum((y - mb) ** 2 for y in rb) ** 0.5
-    return cov / (sa * sb) if sa and sb else 1.0
+    """Spearman's rank correlation (ties share their mean rank); 1 when both rows are constant."""
+    rho = spearmanr(a, b).statistic
+    return 1.0 if math.isnan(rho) else float(rho)
 
 
 def honest_agreement(out: Path, summary: dict) -> float:

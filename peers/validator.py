@@ -132,7 +132,8 @@ class Validator(Node):
 
     def _gather(self, ev: Evaluation) -> None:
         """Every committed peer's message; valid ones wait on disk (decoded one peer at a time later)."""
-        ev.result = r = self.gather_retrying(ev.window, use_list=False, network=ev.network, spool=self.spool)
+        ev.result = r = self.gather_retrying(ev.window, use_list=False, network=ev.network, spool=self.spool,
+                                             norms=True)  # the loss test measures updates at the median norm
         # the rule every peer applies — the leader's list, or the next validator's by stake when it was
         # not in time (a StorageError here comes before anything is scored: the window is evaluated again)
         ev.choice = self.feed.choose_list(ev.window)
@@ -288,7 +289,7 @@ class Validator(Node):
 
     def _weights_context(self, ev: Evaluation) -> WeightsContext:
         uids = ev.network.uids
-        stakes = {n.uid: n.stake for n in self.chain.metagraph()}
+        stakes = {uids[h]: stake for h, stake in ev.network.stakes.items()}  # read with the network
         seed = int.from_bytes(hashlib.sha256(f"{self.book.secret}|weights|{ev.window}".encode()).digest()[:8], "big")
         return WeightsContext(ev.window, self.identity.hotkey, uids[self.identity.hotkey], dict(uids),
                               sorted(uids[h] for h in ev.network.stores if h in uids), stakes, self.chain.weights,

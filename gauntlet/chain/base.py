@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -119,6 +118,6 @@ def checked_weights(weights: Mapping[int, float]) -> dict[int, float]:
 
 def normalise(weights: Mapping[int, float]) -> dict[int, float]:
     """Drop non-positive entries and scale the rest to sum to 1 (empty if nothing is positive)."""
-    positive = {int(u): float(w) for u, w in checked_weights(weights).items() if w > 0}
+    positive = {int(u): float(w) for u, w in weights.items() if w > 0}
     total = sum(positive.values())
     return {u: w / total for u, w in sorted(positive.items())} if total > 0 else {}

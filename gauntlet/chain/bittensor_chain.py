@@ -34,6 +34,7 @@ from gauntlet.chain.base import (
     HotkeySigner,
     Neuron,
     Payout,
+    checked_weights,
     normalise,
 )
 from gauntlet.errors import ChainError
@@ -143,7 +144,7 @@ class BittensorChain:
                 for hotkey, c in sorted(found.items()) if c is not None}
 
     def set_weights(self, signer: HotkeySigner, weights: Mapping[int, float]) -> None:
-        row = normalise(weights)
+        row = normalise(checked_weights(weights))
         if not row:
             raise ChainError("all weights are zero; nothing to set")
         intent = SetWeights(netuid=self.netuid, uids=list(row), weights=list(row.values()))

@@ -235,8 +235,7 @@ class LocalChain:
         """Set the signer's weights. Stored as the chain stores them (quantised to u16, each row
         max-upscaled); visible from this block, or ``reveal_period`` epochs later with commit-reveal."""
         weights = checked_weights(weights)
-        sent = yuma.quantize_weights(weights)
-        row = normalise(weights)
+        sent, row = yuma.quantize_weights(weights), normalise(weights)
         if not row or not sent:
             raise ChainError("all weights are zero; nothing to set")
         block = self.block()

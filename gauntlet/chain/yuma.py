@@ -146,27 +146,16 @@ def _matmul_transpose(m: Sequence[Row], vector: Sequence[int]) -> list[int]:
     return [sum(mul(vector[j], v) for j, v in row.items()) for row in m]
 
 
-def _ema(new: Sequence[Row], old: Sequence[Row], alpha: int, n: int) -> list[Row]:
-    keep = fx(1) - alpha
-    out = []
-    for new_row, old_row in zip(new, old):
-        row = [0] * n
-        for j, v in new_row.items():
-            row[j] += mul(alpha, v)
-        for j, v in old_row.items():
-            row[j] += mul(keep, v)
-        out.append({j: v for j, v in enumerate(row) if v > 0})
-    return out
-
-
-def _ema_per_cell(new: Sequence[Row], old: Sequence[Row], alphas: Sequence[Sequence[int]], n: int) -> list[Row]:
+def _ema(new: Sequence[Row], old: Sequence[Row], alpha: int | Sequence[Sequence[int]], n: int) -> list[Row]:
+    """``alpha · new + (1 − alpha) · old`` cell by cell; ``alpha`` one rate, or one per cell (liquid alpha)."""
     out = []
     for i, (new_row, old_row) in enumerate(zip(new, old)):
+        rate = (lambda j: alpha) if isinstance(alpha, int) else alpha[i].__getitem__
         row = [0] * n
         for j, v in new_row.items():
-            row[j] = mul(alphas[i][j], v)
+            row[j] = mul(rate(j), v)
         for j, v in old_row.items():
-            row[j] += mul(fx(1) - alphas[i][j], v)
+            row[j] += mul(fx(1) - rate(j), v)
         out.append({j: v for j, v in enumerate(row) if v > 0})
     return out
 
@@ -405,7 +394,7 @@ def _bonds_yuma3(for_bonds: list[Row], old: list[Row], consensus: list[int], par
         alphas = [[_alpha_sigmoid(consensus[j], w_row.get(j, 0), b_row.get(j, 0), low, high,
                                   params.alpha_sigmoid_steepness) for j in range(n)]
                   for w_row, b_row in zip(for_bonds, old)]
-        return _ema_per_cell(for_bonds, old, alphas, n)
+        return _ema(for_bonds, old, alphas, n)
     return _ema(for_bonds, old, _bonds_alpha(params), n)
 
 

@@ -4,7 +4,7 @@ card), opened as object stores and kept for as long as the card stays the same."
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gauntlet.chain import Chain
 from gauntlet.errors import InvalidCommitment
@@ -21,6 +21,7 @@ class NetworkView:
     stores: dict[str, ObjectStore]  # each committed peer's store, by hotkey (validators excluded)
     registered: frozenset[str]  # every registered hotkey
     uids: dict[str, int]  # hotkey -> uid
+    stakes: dict[str, float] = field(default_factory=dict)  # hotkey -> stake
 
 
 class Directory:
@@ -30,8 +31,8 @@ class Directory:
         self.sources: dict[bytes, ObjectStore] = {}  # opened stores by the card bytes they came from
 
     def view(self) -> NetworkView:
-        """Each committed peer's store, the registered hotkeys and their uids (one metagraph and one
-        commitments read: on Bittensor each is a round trip)."""
+        """Each committed peer's store, the registered hotkeys, their uids and stakes (one metagraph and
+        one commitments read: on Bittensor each is a round trip)."""
         neurons = self.chain.metagraph()
         uids = {n.hotkey: n.uid for n in neurons}
         peers = {n.hotkey for n in neurons if not n.validator_permit}
@@ -42,7 +43,7 @@ class Directory:
             store = self.store_of(hotkey, commitment.data)
             if store is not None:
                 stores[hotkey] = store
-        return NetworkView(stores, frozenset(uids), uids)
+        return NetworkView(stores, frozenset(uids), uids, {n.hotkey: n.stake for n in neurons})
 
     def store_of(self, hotkey: str, card: bytes) -> ObjectStore | None:
         """The store a node's card points to (this node's own store for its own hotkey); None, with

@@ -87,8 +87,8 @@ class ValidatorFeed:
                     return found
             return None
 
-        choice = replace(choose_list(window, in_time), leader=sources[0][0])
-        choice = replace(choice, validator=signer.get(choice.list_window))
+        found = choose_list(window, in_time)
+        choice = replace(found, leader=sources[0][0], validator=signer.get(found.list_window))
         if choice.failover:
             log.info("window %d: following validator %s (the leader %s published no list in time)", window,
                      choice.validator[:12], choice.leader[:12])

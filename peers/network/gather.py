@@ -30,7 +30,7 @@ class GatherResult:
     window: int
     messages: dict[str, Message | SpooledMessage] = field(default_factory=dict)  # in the slot and valid, by hotkey
     times: dict[str, float] = field(default_factory=dict)  # last-modified time of each valid message
-    norms: dict[str, dict[str, float]] = field(default_factory=dict)  # each valid message's value norm per tensor
+    norms: dict[str, dict[str, float]] = field(default_factory=dict)  # value norm per tensor (gathered with norms)
     missing: list[str] = field(default_factory=list)  # uploaded nothing
     outside_slot: dict[str, float] = field(default_factory=dict)  # hotkey -> last-modified time
     invalid: dict[str, str] = field(default_factory=dict)  # the peer's fault
@@ -65,16 +65,20 @@ def gather(
     cache: dict | None = None,
     spool: Spool | None = None,
     decode_workers: int = 2,
+    norms: bool = False,
 ) -> GatherResult:
     """Fetch and validate ``window``'s message of every hotkey in ``sources`` (hotkey → its store).
     ``slot=None`` takes whatever is there now (for looking at others' updates before the slot).
     With ``spool``, each valid message's bytes go to local disk and only its header stays in memory
-    (:class:`peers.network.spool.SpooledMessage`): memory no longer grows with the number of peers."""
+    (:class:`peers.network.spool.SpooledMessage`): memory no longer grows with the number of peers.
+    With ``norms``, each valid message's value norm per tensor (what the validator's loss test needs)
+    is taken while it is decoded anyway."""
     decoding = threading.BoundedSemaphore(max(1, decode_workers))  # downloads overlap; decodes (memory) are bounded
 
     def one(hotkey: str, store: ObjectStore) -> tuple[str, object]:
-        return _fetch_one(hotkey, store, slot, spool, run=run, window=window, registered=registered, spec=spec,
-                          codec=codec, max_bytes=max_bytes, run_hash=run_hash, cache=cache, decoding=decoding)
+        return _fetch_one(hotkey, store, slot, spool, norms, run=run, window=window, registered=registered,
+                          spec=spec, codec=codec, max_bytes=max_bytes, run_hash=run_hash, cache=cache,
+                          decoding=decoding)
 
     pool = cf.ThreadPoolExecutor(max_workers=max(1, min(workers, len(sources))), thread_name_prefix="gather")
     futures = {pool.submit(one, hk, store): hk for hk, store in sources.items()}
@@ -90,9 +94,10 @@ def gather(
 
 
 def _fetch_one(hotkey: str, store: ObjectStore, slot: tuple[float, float] | None, spool: Spool | None,
-               **fetch) -> tuple[str, object]:
-    """One peer's outcome: ("ok", (message, time, {tensor: value norm})), ("missing", None), ("outside", time), ("invalid",
-    why) for the peer's fault or ("failed", why) for the infrastructure's."""
+               norms: bool, **fetch) -> tuple[str, object]:
+    """One peer's outcome: ("ok", (message, time, {tensor: value norm} or {})), ("missing", None),
+    ("outside", time), ("invalid", why) for the peer's fault or ("failed", why) for the
+    infrastructure's."""
     try:
         message, info = fetch_message_at(store, hotkey=hotkey, **fetch)
     except ObjectNotFound:
@@ -105,10 +110,10 @@ def _fetch_one(hotkey: str, store: ObjectStore, slot: tuple[float, float] | None
     # resolution step before the slot opened
     if slot is not None and not slot[0] - getattr(store, "time_resolution", 0.0) <= info.last_modified <= slot[1]:
         return "outside", info.last_modified
-    norms = {n: float(value_norm(ct)) for n, ct in message.tensors.items()}
+    measured = {n: float(value_norm(ct)) for n, ct in message.tensors.items()} if norms else {}
     if spool is not None:
         message = spool.put(message)
-    return "ok", (message, info.last_modified, norms)
+    return "ok", (message, info.last_modified, measured)
 
 
 def _record(result: GatherResult, hotkey: str, kind: str, value) -> None:

@@ -106,10 +106,10 @@ class Node:
     # ------------------------------------------------------------------------------ the gather
 
     def gather(self, window: int, in_slot: bool = True, use_list: bool = True, network: NetworkView | None = None,
-               spool: Spool | None = None) -> GatherResult:
+               spool: Spool | None = None, norms: bool = False) -> GatherResult:
         """Every committed peer's message; restricted to the list that governs the window (see
         :meth:`ValidatorFeed.choose_list`) when ``use_list``. ``network``: a view the caller already
-        read; ``spool``: keep messages on disk (see gather)."""
+        read; ``spool``: keep messages on disk; ``norms``: take each message's norms (see gather)."""
         network = network or self.directory.view()
         choice, list_error = None, None
         if use_list and in_slot:
@@ -118,12 +118,12 @@ class Node:
             except StorageError as exc:
                 list_error = str(exc)
                 log.warning("window %d: cannot read the validator's peer list: %s", window, exc)
-        result = self._gather_listed(window, choice, network, in_slot=in_slot, spool=spool)
+        result = self._gather_listed(window, choice, network, in_slot=in_slot, spool=spool, norms=norms)
         result.list_unreadable = list_error
         return result
 
     def _gather_listed(self, window: int, choice: ListChoice | None, network: NetworkView, in_slot: bool,
-                       spool: Spool | None) -> GatherResult:
+                       spool: Spool | None, norms: bool = False) -> GatherResult:
         """:meth:`gather` with the governing list already chosen (None: every valid message)."""
         listed = None if choice is None else choice.followed
         named = None if listed is None else set(listed.peers) | set(listed.reserves)
@@ -132,7 +132,7 @@ class Node:
         result = gather(window, sources, run=self.run, run_hash=self.run_hash, registered=network.registered,
                         spec=self.spec, codec=self.cfg.sparseloco, slot=self.clock.slot(window) if in_slot else None,
                         max_bytes=t.max_message_bytes, timeout=t.gather_timeout_s, cache=self.opts.message_cache,
-                        spool=spool)
+                        spool=spool, norms=norms)
         if choice is not None:
             result.list_rule, result.list_window, result.list_in_time = choice.rule, choice.list_window, choice.in_time
             result.list_validator, result.list_failover = choice.validator, choice.failover

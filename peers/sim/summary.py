@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gauntlet.chain.local import RAO
 from peers.sim.scenario import Scenario
 
 
@@ -95,7 +96,7 @@ def flagged_reasons(views: list[WindowView], name: str) -> list[str]:
     return reasons
 
 
-TOKEN = 10**9  # the chain's smallest units per token
+TOKEN = RAO  # the chain's smallest units per token
 
 
 def payouts(scenario: Scenario, run: SimRun) -> dict:
