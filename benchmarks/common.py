@@ -54,3 +54,30 @@ def finish(result: dict, args: argparse.Namespace) -> None:
 def log(message: str) -> None:
     """Progress on stderr (stdout carries only the JSON)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM) since start or since :func:`reset_peak_rss`."""
+    with open("/proc/self/status") as fh:
+        line = next(x for x in fh if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        line = next(x for x in fh if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Hand freed heap back to the OS and restart the VmHWM count (Linux: ``echo 5 > clear_refs``)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")

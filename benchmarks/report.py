@@ -175,6 +175,29 @@ def sharded_section() -> list[str]:
     return lines + [""]
 
 
+def state_save_section() -> list[str]:
+    r = load("state_save")
+    if not r:
+        return ["Local state: not run (`python benchmarks/state_save.py`).", ""]
+    b = r["before"]
+    return [f"Local state (`python benchmarks/state_save.py`): a one-process peer's state at the `{r['model']}` shape "
+            f"({r['parameters'] / 1e6:.0f}M parameters, byte tokens; weights, AdamW moments and error-feedback "
+            f"residuals, {r['held_mb']:,.0f} MB held) saved as a node saves it after every window (one safetensors "
+            f"file written from the tensors' memory, fsynced, renamed) and restored as a restarted node does. Peak "
+            f"resident memory of the process, torch and the interpreter ({r['runtime_mb']:,.0f} MB) included. "
+            f"{stamp(r)}.", "",
+            "| step | peak RSS | × held | above the memory just before | seconds |", "|---|---|---|---|---|",
+            f"| save | {r['peak_rss_mb']:,.0f} MB | {r['peak_over_held']:.3f} | {r['save_above_before_mb']:,.0f} MB | "
+            f"{r['save_s']:.1f} |",
+            f"| restore (the optimiser's moments are new tensors) | {r['load_peak_rss_mb']:,.0f} MB | "
+            f"{r['load_peak_over_held']:.3f} | {r['load_above_before_mb']:,.0f} MB | {r['load_s']:.1f} |",
+            f"| before: the weights alone ({b['held_mb']:,.0f} MB) built as one bytes object | "
+            f"{b['bytes_object_peak_rss_mb']:,.0f} MB | | {b['bytes_object_above_before_mb']:,.0f} MB | "
+            f"{b['bytes_object_s']:.1f} |",
+            f"| the same weights, streamed | {b['streamed_peak_rss_mb']:,.0f} MB | | "
+            f"{b['streamed_above_before_mb']:,.0f} MB | {b['streamed_s']:.1f} |", ""]
+
+
 def plot_scaling(r: dict) -> None:
     res = r["results"]
     p = [int(k) for k in res]
@@ -227,6 +250,9 @@ def glance(conv: dict | None) -> list[str]:
         x = sc["results"][big]
         lines.append(f"| scaling | validator time per window at {big} peers | {x['validator_max_s']:.1f} s "
                      f"(max) of a {sc['window_budget_s']:.0f} s window |")
+    if st := load("state_save"):
+        lines.append(f"| local state ({st['model']}) | peak memory while saving / the tensors held | "
+                     f"{st['peak_rss_mb']:,.0f} MB / {st['held_mb']:,.0f} MB ({st['peak_over_held']:.2f}×) |")
     if a := load("adversaries"):
         with_, without = a["lockstep"], a["lockstep_no_adversaries"]
         lines.append(f"| adversaries (lockstep) | final loss with the 9 default adversaries / without; their messages "
@@ -296,7 +322,7 @@ def render(plots: bool = True) -> str:
     lines += codec_section() + validator_section() + storage_section()
     if plots and (sc := load("scaling")):
         plot_scaling(sc)
-    lines += scaling_section() + sharded_section() + adversaries_section() + validators_section()
+    lines += scaling_section() + sharded_section() + state_save_section() + adversaries_section() + validators_section()
     return "\n".join(lines).rstrip() + "\n\n" + END
 
 

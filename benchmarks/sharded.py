@@ -31,34 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import finish, log, parser  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM) since start or since :func:`reset_peak_rss`."""
-    with open("/proc/self/status") as fh:
-        line = next(x for x in fh if x.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        line = next(x for x in fh if x.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
-
-
-def reset_peak_rss() -> None:
-    """Hand freed heap back to the OS and restart the VmHWM count (Linux: ``echo 5 > clear_refs``)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
+from benchmarks.common import finish, log, parser, peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402
 
 
 def worker(args) -> None:

@@ -72,3 +72,12 @@ def test_sharded_benchmark_halves_what_each_rank_holds_and_uploads_the_same_byte
         assert {"peak_rss_mb_per_rank", "window_s", "encode_s", "decode_apply_s"} <= set(run)
         assert all(r["held_mb"] == pytest.approx(r["params_mb"] + r["optimiser_mb"] + r["ef_mb"], abs=0.2)
                    for r in run["ranks"])
+
+
+def test_state_save_benchmark_reports_peak_memory_and_held_bytes(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/state_save.py", "--model", "tiny", "--json", "--no-save",
+                          "--dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    r = json.loads(out.stdout.splitlines()[0])
+    assert {"peak_rss_mb", "held_mb", "load_peak_rss_mb", "before", "goal_met"} <= set(r)
+    assert r["file_mb"] >= r["held_mb"]  # every held tensor is in the file
+    assert r["peak_rss_mb"] >= r["runtime_mb"] and not list(tmp_path.iterdir())  # the temporary files are gone

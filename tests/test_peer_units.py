@@ -65,6 +65,11 @@ def test_state_round_trips_atomically_and_refuses_foreign_files(tmp_path):
     assert load_state(tmp_path / "none", model2, ef2, opt2, RUN) is None
     with pytest.raises(StateError, match="another --run-dir"):
         load_state(tmp_path, model2, ef2, opt2, "other-run")
+    wider = torch.nn.Sequential(torch.nn.Embedding(16, 8), torch.nn.Linear(8, 32))  # another model's state
+    with pytest.raises(StateError, match=r"tensor model.1.weight is \(16, 8\), not \(32, 8\)"):
+        load_local(tmp_path / "state.safetensors", wider, None, None, RUN)
+    with pytest.raises(StateError, match="no tensor model.2.weight"):
+        load_local(tmp_path / "state.safetensors", torch.nn.Sequential(*model, torch.nn.Linear(16, 2)), None, None)
     (tmp_path / "state.safetensors").write_bytes(b"garbage")
     with pytest.raises(StateError, match="cannot read"):
         load_state(tmp_path, model2, ef2, opt2, RUN)

@@ -58,16 +58,6 @@ def read_state_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]
         raise StateError(f"cannot read {path}: {exc}; move it away to start from the network's state") from exc
 
 
-def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Copy ``model.*`` tensors into the model's parameters, refusing any mismatch."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            src = tensors.get(f"model.{name}")
-            if src is None or src.shape != p.shape:
-                raise StateError(f"{path} does not match this model (tensor {name})")
-            p.copy_(src)
-
-
 def save_local(path: Path, model: torch.nn.Module, ef: ErrorFeedback | None, optimizer: torch.optim.Optimizer | None,
                meta: dict[str, str], durable: bool = True) -> None:
     """One atomic safetensors file: weights (``model.*``), residuals (``ef.*``) and optimiser tensors
@@ -112,24 +102,46 @@ def fsync_dir(path: Path) -> None:
 def load_local(path: Path, model: torch.nn.Module, ef: ErrorFeedback | None,
                optimizer: torch.optim.Optimizer | None, run: str | None = None) -> dict[str, str] | None:
     """Restore :func:`save_local`'s file into the given objects; its metadata, or None if absent.
-    With ``run``, a file of another run is refused before anything is loaded."""
-    found = read_state_file(path)
-    if found is None:
+    With ``run``, a file of another run is refused before anything is loaded. Weights and residuals
+    are read one tensor at a time into the objects' own tensors (host memory: the largest tensor, not
+    a second copy of the state); the optimiser's tensors become its state."""
+    if not path.exists():
         return None
-    meta, tensors = found
-    if run is not None and meta.get("run") != run:
-        raise StateError(f"{path} belongs to run {meta.get('run')!r}, not {run!r}; use another --run-dir")
-    load_weights(model, tensors, path)
-    if ef is not None:
-        ef.load_state_dict({k: v for k, v in tensors.items() if k.startswith("ef.")})
-    if optimizer is not None:
-        opt_state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("opt."):
-                _, idx, name = key.split(".", 2)
-                opt_state.setdefault(int(idx), {})[name] = value
-        optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if run is not None and meta.get("run") != run:
+                raise StateError(f"{path} belongs to run {meta.get('run')!r}, not {run!r}; use another --run-dir")
+            names = set(fh.keys())
+            _copy_into({n: p for n, p in model.named_parameters()}, "model.", fh, names, path)
+            if ef is not None:
+                _copy_into(ef.buffers, "ef.", fh, names, path)
+            if optimizer is not None:
+                opt_state: dict[int, dict[str, torch.Tensor]] = {}
+                for key in sorted(k for k in names if k.startswith("opt.")):
+                    _, idx, name = key.split(".", 2)
+                    opt_state.setdefault(int(idx), {})[name] = fh.get_tensor(key)
+                optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
+    except StateError:
+        raise
+    except Exception as exc:  # safetensors' own error types, a malformed optimiser entry
+        raise StateError(f"cannot read {path}: {exc}; move it away to start from the network's state") from exc
     return meta
+
+
+def _copy_into(targets: dict[str, torch.Tensor], prefix: str, fh, names: set[str], path: Path) -> None:
+    """Copy each ``prefix + name`` tensor of an open safetensors file into ``targets[name]``, one at a
+    time, refusing a missing tensor or another shape."""
+    with torch.no_grad():
+        for name, target in targets.items():
+            key = prefix + name
+            if key not in names:
+                raise StateError(f"{path} does not match this model (no tensor {key})")
+            src = fh.get_tensor(key)
+            if src.shape != target.shape:
+                raise StateError(f"{path} does not match this model (tensor {key} is {tuple(src.shape)}, "
+                                 f"not {tuple(target.shape)})")
+            target.copy_(src)
 
 
 def state_meta(state: LocalState) -> dict[str, str]:
