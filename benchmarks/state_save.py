@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -99,12 +100,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "state.safetensors"
         log(f"saving {held / MB:.0f} MB of tensors ...")
-        save_peak, save_extra, save_s = measured(lambda: save_local(path, model, ef, opt, meta))
+        save_peak, save_extra, save_s = measured(partial(save_local, path, model, ef, opt, meta))
         size = path.stat().st_size
         del opt_tensors
         opt.state.clear()  # a restarted node's optimiser has no state yet
         log("restoring it ...")
-        load_peak, load_extra, load_s = measured(lambda: load_local(path, model, ef, opt, "bench"))
+        load_peak, load_extra, load_s = measured(partial(load_local, path, model, ef, opt, "bench"))
         restored_held = nbytes(weights.values()) + nbytes(ef.buffers.values()) + nbytes(
             t for slots in opt.state.values() for t in slots.values() if t.dim())
         log("the weights alone, as one bytes object and streamed ...")

@@ -64,3 +64,5 @@ def test_a_wrongly_sharded_model_is_a_config_error_naming_the_parameter():
     assert "'0.weight' is placed (Shard(dim=1),)" in errors["dim 1"]
     assert "'0.weight' is sharded over the ranks [0, 1], not over [0]" in errors["other mesh"]
     assert "either a transport" in errors["transport and mesh"]
+    assert "mesh_dims=('dp', 'shard') but the mesh's dimensions are ('dp', 'tp')" in errors["diloco mesh dims"]
+    assert "'0.weight' is not sharded" in errors["diloco not sharded"]

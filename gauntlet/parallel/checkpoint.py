@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from gauntlet.errors import GauntletError
 
@@ -37,6 +37,45 @@ def as_dtensors(local: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[in
         stride = torch.empty(shape, device="meta").stride()
         out[name] = DTensor.from_local(t, mesh, [Shard(0)], run_check=False, shape=shape, stride=stride)
     return out
+
+
+def placed_like(local: Mapping[str, torch.Tensor], params: Mapping[str, DTensor]) -> dict[str, DTensor]:
+    """Each rank's rows of a tensor shaped like a parameter (an outer loop's θ₀, a momentum buffer)
+    as a DTensor placed exactly like that parameter: the same on every replica, so DCP keeps one copy
+    and re-shards it. The DTensor shares the local tensor's storage (DCP loads into it in place)."""
+    out = {}
+    for name, t in local.items():
+        p = params[name]
+        out[name] = DTensor.from_local(t, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                                       stride=p.stride())
+    return out
+
+
+def per_replica(local: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], pair,
+                replicate: str) -> dict[str, DTensor]:
+    """Each rank's rows of a tensor that differs between replicas (a replica's error feedback) as one
+    DTensor of shape ``(replicas, *shape)`` over the 2-D mesh ``pair``: ``Shard(0)`` along the
+    ``replicate`` dimension, ``Shard(1)`` (the parameter's rows) along the other. DCP saves every
+    replica's rows and re-shards them to another number of shard ranks."""
+    replicas = pair.size(pair.mesh_dim_names.index(replicate))
+    out = {}
+    for name, t in local.items():
+        shape = torch.Size((replicas, *shapes[name]))
+        rows = Shard(1) if len(shapes[name]) else Replicate()
+        placements = [Shard(0) if dim == replicate else rows for dim in pair.mesh_dim_names]
+        stride = torch.empty(shape, device="meta").stride()
+        out[name] = DTensor.from_local(t.unsqueeze(0), pair, placements, run_check=False, shape=shape, stride=stride)
+    return out
+
+
+def local_part(value: torch.Tensor, like: torch.Tensor, what: str) -> torch.Tensor:
+    """The local tensor of a state entry (a DTensor from :func:`placed_like` / :func:`per_replica`, or a
+    plain tensor), shaped like ``like``; CheckpointError when it holds other rows."""
+    local = value.to_local() if isinstance(value, DTensor) else value
+    if local.numel() != like.numel():
+        raise CheckpointError(f"{what} holds {tuple(local.shape)} on this rank, not {tuple(like.shape)}: a state "
+                              f"saved with another number of replicas, or not loaded into this wrapper's state_dict()")
+    return local.reshape(like.shape)
 
 
 def _pointer(run_dir: Path, name: str) -> Path:

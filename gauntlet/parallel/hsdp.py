@@ -1,4 +1,4 @@
-"""SparseLoCo's outer step on a 2-D device mesh (``replicate`` × ``shard``, HSDP style).
+"""SparseLoCo's outer step on a device mesh with a replica and a shard dimension (HSDP style).
 
 Each replica is a group of ``shard`` ranks holding one copy of the model, sharded by ``fully_shard``
 over the ``shard`` dimension; replicas train apart and meet only at the outer step, along the
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import safetensors.torch
 import torch
@@ -38,20 +39,45 @@ from gauntlet.sparseloco.sharding import LocalPart, ShardedErrorFeedback
 from gauntlet.sparseloco.transport import TorchDistributedTransport
 
 
-def check_mesh(mesh) -> None:
-    names = tuple(mesh.mesh_dim_names or ())
-    if mesh.ndim != 2 or names != ("replicate", "shard"):
-        raise ConfigError(f"SparseLoCo needs a 2-D mesh with dimensions ('replicate', 'shard'), not "
-                          f"{names or mesh.ndim}: init_device_mesh(device, (replicas, shards), "
-                          f"mesh_dim_names=('replicate', 'shard'))")
+@dataclass(frozen=True)
+class ReplicaMesh:
+    """Which dimensions of a ``DeviceMesh`` are the replicas and the shards. The mesh may have more
+    dimensions (pipeline stages, say): replicas exchange along ``replicate`` with the ranks that share
+    every other coordinate, and the model is sharded by ``fully_shard`` over ``shard`` alone."""
+
+    mesh: object  # torch.distributed.device_mesh.DeviceMesh
+    replicate: str = "replicate"
+    shard: str = "shard"
+
+    @classmethod
+    def of(cls, mesh, dims: tuple[str, str] = ("replicate", "shard")) -> ReplicaMesh:
+        """Check that ``dims`` (replica dimension, shard dimension) name two dimensions of ``mesh``."""
+        names = tuple(mesh.mesh_dim_names or ())
+        if len(dims) != 2 or dims[0] == dims[1] or not set(dims) <= set(names):
+            raise ConfigError(
+                f"SparseLoCo needs the names of the mesh's replica and shard dimensions: mesh_dims={tuple(dims)} "
+                f"but the mesh's dimensions are {names or mesh.ndim}; name them when you build it, e.g. "
+                f"init_device_mesh(device, (replicas, shards), mesh_dim_names=('replicate', 'shard')), or pass "
+                f"mesh_dims=('dp_replicate', 'dp_shard') for a mesh with those names")
+        return cls(mesh, dims[0], dims[1])
+
+    @property
+    def shard_mesh(self):
+        """The 1-D mesh ``fully_shard`` shards the model over (one replica's ranks)."""
+        return self.mesh[self.shard]
+
+    @property
+    def pair(self):
+        """The 2-D sub-mesh of the two dimensions, in the mesh's own order."""
+        names = [n for n in self.mesh.mesh_dim_names if n in (self.replicate, self.shard)]
+        return self.mesh[tuple(names)]
 
 
 class ReplicaExchange:
-    def __init__(self, spec: Mapping[str, tuple[int, ...]], cfg: SparseLoCoConfig, mesh,
+    def __init__(self, spec: Mapping[str, tuple[int, ...]], cfg: SparseLoCoConfig, mesh: ReplicaMesh,
                  device: torch.device | str) -> None:
-        check_mesh(mesh)
         self.cfg, self.spec = cfg, dict(spec)
-        self.shard_group, self.replicate_group = mesh.get_group("shard"), mesh.get_group("replicate")
+        self.shard_group, self.replicate_group = mesh.mesh.get_group(mesh.shard), mesh.mesh.get_group(mesh.replicate)
         self.comm = TorchShardComm(self.shard_group, device)
         self.transport = TorchDistributedTransport(self.replicate_group)
         self.error_feedback = ShardedErrorFeedback(spec, cfg, self.comm, device)

@@ -25,6 +25,11 @@ class DiLoCoOuter:
         self.opt = torch.optim.SGD(
             list(self.params.values()), lr=cfg.outer_lr, momentum=cfg.momentum, nesterov=cfg.nesterov
         )
+        # the momentum buffers exist from the start (zeros: SGD's first step gives the same result as
+        # with none), so that a state dict has the same keys before and after the first outer step
+        self.momentum = {n: torch.zeros_like(p, memory_format=torch.contiguous_format) for n, p in self.params.items()}
+        for n, p in self.params.items():
+            self.opt.state[p]["momentum_buffer"] = self.momentum[n]
 
     @torch.no_grad()
     def step(self, avg_delta: Mapping[str, torch.Tensor]) -> None:
@@ -34,16 +39,9 @@ class DiLoCoOuter:
         self.opt.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Momentum buffers (absent before the first step)."""
-        out = {}
-        for name, p in self.params.items():
-            buf = self.opt.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                out[f"momentum.{name}"] = buf
-        return out
+        """The momentum buffers (``momentum.<name>``)."""
+        return {f"momentum.{n}": buf for n, buf in self.momentum.items()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        for name, p in self.params.items():
-            buf = state.get(f"momentum.{name}")
-            if buf is not None:
-                self.opt.state[p]["momentum_buffer"] = buf.clone().to(device=p.device, dtype=p.dtype)
+        for name, buf in self.momentum.items():
+            buf.copy_(state[f"momentum.{name}"])

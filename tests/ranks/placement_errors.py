@@ -11,7 +11,7 @@ from torch.distributed.tensor import Shard, distribute_tensor
 from gauntlet.errors import ConfigError
 from gauntlet.parallel.fsdp import shard_model
 from gauntlet.parallel.world import exit_now
-from gauntlet.sparseloco.embed import SparseLoCo
+from gauntlet.sparseloco.embed import DiLoCo, SparseLoCo
 
 
 def model() -> torch.nn.Module:
@@ -45,6 +45,11 @@ def main() -> None:
     two_replicas = init_device_mesh("cpu", (2, 1), mesh_dim_names=("replicate", "shard"))
     out["other mesh"] = attempt(lambda: wrap(shard_model(model(), flat), two_replicas))  # sharded over both ranks
     out["transport and mesh"] = attempt(lambda: SparseLoCo(model(), torch.optim.SGD(model().parameters(), lr=0.1)))
+    m = shard_model(model(), wrong_names["tp"])
+    out["diloco mesh dims"] = attempt(lambda: DiLoCo(m, torch.optim.SGD(m.parameters(), lr=0.1), mesh=wrong_names,
+                                                     mesh_dims=("dp", "shard")))
+    out["diloco not sharded"] = attempt(lambda: DiLoCo(model(), torch.optim.SGD(model().parameters(), lr=0.1),
+                                                       mesh=wrong_names, mesh_dims=("dp", "tp")))
     if dist.get_rank() == 0:
         print(json.dumps(out), flush=True)
     dist.barrier()
