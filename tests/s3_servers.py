@@ -109,7 +109,7 @@ class FaultProxy:
                         self.send_header(k, v)
                 self.send_header("Content-Length", length)
                 self.end_headers()
-                if spoil == "truncate" and resp.status == 200:
+                if spoil == "truncate" and resp.status in (200, 206):  # a whole object or a byte range
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     self.close_connection = True

@@ -201,3 +201,30 @@ def test_open_store_understands_file_and_s3_urls(tmp_path, moto_port):
 def test_open_store_rejects_bad_urls_helpfully(url, fragment):
     with pytest.raises(ConfigError, match=fragment):
         open_store(url)
+
+
+def test_retries_are_botocores_standard_mode_or_adaptive_by_url(moto_port):
+    store = s3_store(moto_port, max_attempts=3)
+    assert store.client.meta.config.retries == {"total_max_attempts": 3, "mode": "standard"}
+    adaptive = open_store(f"s3://{store.bucket}?endpoint_url=http://127.0.0.1:{moto_port}&region=us-east-1"
+                          f"&retry_mode=adaptive")
+    assert adaptive.client.meta.config.retries["mode"] == "adaptive"
+    adaptive.put("k", b"v")
+    assert adaptive.get("k", max_bytes=10) == b"v"
+    with pytest.raises(ConfigError, match="retry_mode='eager': use one of standard, adaptive"):
+        open_store(f"s3://b?endpoint_url=http://127.0.0.1:{moto_port}&retry_mode=eager")
+
+
+def test_large_downloads_come_in_byte_ranges_and_a_broken_range_is_fetched_again(fault_proxy):
+    store = s3_store(fault_proxy.port, multipart_threshold=6 << 20, multipart_chunksize=5 << 20, max_concurrency=1)
+    data = bytes(range(256)) * (11 << 12)  # 11 MiB → ranges of 5, 5 and 1 MiB
+    store.put("large", data)
+    fault_proxy.reset()
+    assert store.get("large", max_bytes=len(data)) == data
+    assert fault_proxy.requests["GET"] == 3
+    fault_proxy.reset()
+    fault_proxy.corrupt_next_get(1, "truncate")  # the first range breaks off half-way
+    assert store.get("large", max_bytes=len(data)) == data
+    assert fault_proxy.requests["GET"] == 4
+    with pytest.raises(ObjectTooLarge):
+        store.get("large", max_bytes=len(data) - 1)

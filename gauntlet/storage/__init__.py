@@ -14,7 +14,7 @@ from gauntlet.storage.file_store import FileStore
 __all__ = ["BucketCard", "FileStore", "ObjectInfo", "ObjectStore", "check_card_endpoint", "open_store",
            "store_from_card"]
 
-_S3_OPTIONS = {"endpoint_url", "region"}
+_S3_OPTIONS = {"endpoint_url", "region", "retry_mode"}
 
 
 def open_store(url: str, *, access_key: str | None = None, secret_key: str | None = None,
@@ -41,6 +41,8 @@ def open_store(url: str, *, access_key: str | None = None, secret_key: str | Non
                               f"credentials go in arguments or the AWS environment, never in the URL")
         from gauntlet.storage.s3_store import S3Store  # boto3 is only imported when needed
 
+        if "retry_mode" in query:
+            options.setdefault("retry_mode", query["retry_mode"])
         return S3Store(parts.netloc, endpoint_url=query.get("endpoint_url"), region=query.get("region"),
                        access_key=access_key, secret_key=secret_key, read_only=read_only, **options)
     raise ConfigError(f"unsupported store URL {url!r}: use file:///dir or s3://bucket?endpoint_url=...")

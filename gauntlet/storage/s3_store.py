@@ -1,15 +1,17 @@
 """S3-compatible object storage through boto3 (AWS, Cloudflare R2, MinIO, SeaweedFS, ...).
 
-Retry policy (botocore's own retries are off so that this is the only one): server errors (5xx),
-throttling, timeouts and dropped connections are retried up to ``max_attempts`` times with
-exponential back-off; client errors (4xx) are never retried — a 403 or 404 will not change.
-``get`` asks HEAD for the size first and refuses an object over ``max_bytes`` before any of its
-body is transferred, then enforces the limit again while streaming (a server may lie). Uploads of
-``multipart_threshold`` bytes or more go up in parts, each retried on its own.
+Retries are botocore's own: the ``standard`` retry mode (or ``adaptive``, which also slows the client
+down when the server throttles) retries server errors (5xx), throttling, timeouts and dropped
+connections up to ``max_attempts`` attempts in all, after exponentially growing, randomly jittered
+pauses; client errors (4xx) are never retried — a 403 or 404 will not change. Objects of
+``multipart_threshold`` bytes or more travel through boto3's managed transfers: parts uploaded, and
+byte ranges downloaded, ``max_concurrency`` at a time, each request retried on its own. ``get`` asks
+HEAD for the size first and refuses an object over ``max_bytes`` before any of its body is
+transferred, then enforces the limit again while receiving (a server may lie).
 
 Integrity: every upload carries the SHA-256 of its bytes as user metadata (``x-amz-meta-sha256``)
-and every read checks it. Bytes that do not match — a body cut short or swapped for another
-object's by a proxy, cache or faulty server — are retried like any transient fault and end in a
+and every read checks it. Bytes that do not match, or a body cut short — a proxy, cache or faulty
+server — are read again (up to ``max_attempts`` reads, jittered pauses between them) and end in a
 :class:`StorageError` (the infrastructure's fault), never in bytes handed to the decoder as if the
 sender had written them.
 """
@@ -17,40 +19,71 @@ sender had written them.
 from __future__ import annotations
 
 import hashlib
+import io
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
     FlexibleChecksumError,
     IncompleteReadError,
     ReadTimeoutError,
     ResponseStreamingError,
 )
+from s3transfer.exceptions import RetriesExceededError
 
-from gauntlet.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, StorageError
+from gauntlet.errors import AccessDenied, ConfigError, ObjectNotFound, ObjectTooLarge, StorageError
 from gauntlet.storage.base import ObjectInfo, check_key
 
 T = TypeVar("T")
-_TRANSIENT_NETWORK = (
-    EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
-    IncompleteReadError, ResponseStreamingError,
-    FlexibleChecksumError,  # the server's own checksum header disagrees with the body received
+_SPOILED_BODY = (  # a body that broke off, stalled or disagrees with its checksum: read it again
+    IncompleteReadError, ResponseStreamingError, ReadTimeoutError, FlexibleChecksumError,
 )
-_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 _STREAM_CHUNK = 1 << 20
 DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 limit)
+RETRY_MODES = ("standard", "adaptive")
 
 
-class _Transient(Exception):
-    """Internal marker: this attempt may succeed if repeated."""
+class _Spoiled(Exception):
+    """Internal marker: the body received is not the object's bytes; reading again may help."""
+
+
+class _Bounded(io.RawIOBase):
+    """A preallocated, seekable buffer for a managed download that refuses to grow past its size
+    (the size HEAD announced, itself within ``max_bytes``)."""
+
+    def __init__(self, size: int, key: str) -> None:
+        super().__init__()
+        self.data, self.key, self.pos = bytearray(size), key, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = offset if whence == io.SEEK_SET else self.pos + offset if whence == io.SEEK_CUR \
+            else len(self.data) + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def write(self, chunk) -> int:
+        end = self.pos + len(chunk)
+        if end > len(self.data):
+            raise ObjectTooLarge(f"{self.key} streamed past the {len(self.data)} bytes its HEAD announced")
+        self.data[self.pos:end] = chunk
+        self.pos = end
+        return len(chunk)
 
 
 class S3Store:
@@ -68,18 +101,23 @@ class S3Store:
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         max_attempts: int = 4,
-        backoff_s: float = 0.2,
+        retry_mode: str = "standard",
+        backoff_s: float = 1.0,
         multipart_threshold: int = 64 << 20,
         multipart_chunksize: int = 16 << 20,
+        max_concurrency: int = 8,
     ) -> None:
+        if retry_mode not in RETRY_MODES:
+            raise ConfigError(f"retry_mode={retry_mode!r}: use one of {', '.join(RETRY_MODES)}")
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.region = region
         self.read_only = read_only
-        self.max_attempts = max(1, max_attempts)
-        self.backoff_s = backoff_s
+        self.max_attempts = max(1, int(max_attempts))
+        self.backoff_s = backoff_s  # base of the jittered pause before reading a spoiled body again
         self.multipart_threshold = multipart_threshold
-        self.multipart_chunksize = multipart_chunksize
+        self.transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize,
+                                       max_concurrency=max(1, int(max_concurrency)), use_threads=max_concurrency > 1)
         query = "&".join(f"{k}={v}" for k, v in (("endpoint_url", endpoint_url), ("region", region)) if v)
         self.url = f"s3://{bucket}" + (f"?{query}" if query else "")
         session = boto3.session.Session(
@@ -88,7 +126,8 @@ class S3Store:
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"total_max_attempts": 1, "mode": "standard"},  # no hidden retries: ours are below
+            retries={"total_max_attempts": self.max_attempts, "mode": retry_mode},
+            max_pool_connections=max(10, int(max_concurrency)),
             s3={"addressing_style": "path"} if endpoint_url else None,
             signature_version="s3v4",
         )
@@ -96,29 +135,31 @@ class S3Store:
 
     # ---------------------------------------------------------------------------------- plumbing
 
+    def _error(self, what: str, exc: Exception) -> StorageError:
+        """The typed error for what botocore (after its retries) or a managed transfer raised."""
+        if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, ClientError):
+            exc = exc.__context__
+        if isinstance(exc, ClientError):
+            meta = exc.response.get("ResponseMetadata", {})
+            status, code = meta.get("HTTPStatusCode", 0), exc.response.get("Error", {}).get("Code", "")
+            if status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404"):
+                return ObjectNotFound(f"{what}: not found in {self.url}")
+            if status == 403 or code in ("AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"):
+                return AccessDenied(f"{what}: access denied by {self.url} ({code})")
+            if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+                attempts = meta.get("RetryAttempts", 0) + 1
+                return StorageError(f"{what}: {self.url} failed {attempts} times; last error: {status} {code}")
+            return StorageError(f"{what}: {self.url} answered {status} {code}")
+        if isinstance(exc, (BotoCoreError, RetriesExceededError, S3UploadFailedError)):
+            return StorageError(f"{what}: {self.url} failed {self.max_attempts} times; last error: {exc}")
+        return StorageError(f"{what}: {exc}")
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one S3 operation under the retry policy, translating errors to StorageError types."""
-        for attempt in range(self.max_attempts):
-            try:
-                return fn()
-            except ClientError as exc:
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                code = exc.response.get("Error", {}).get("Code", "")
-                if status >= 500 or code in _TRANSIENT_CODES:
-                    last: Exception = exc
-                elif status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404"):
-                    raise ObjectNotFound(f"{what}: not found in {self.url}") from None
-                elif status == 403 or code in ("AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"):
-                    raise AccessDenied(f"{what}: access denied by {self.url} ({code})") from None
-                else:
-                    raise StorageError(f"{what}: {self.url} answered {status} {code}") from None
-            except (_TRANSIENT_NETWORK + (_Transient,)) as exc:
-                last = exc
-            except BotoCoreError as exc:
-                raise StorageError(f"{what}: {exc}") from None
-            if attempt + 1 < self.max_attempts:
-                time.sleep(self.backoff_s * 2**attempt)
-        raise StorageError(f"{what}: {self.url} failed {self.max_attempts} times; last error: {last}") from last
+        """One S3 operation (botocore retries transient faults itself), its errors typed."""
+        try:
+            return fn()
+        except (ClientError, BotoCoreError, RetriesExceededError, S3UploadFailedError) as exc:
+            raise self._error(what, exc) from None
 
     def _writable(self) -> None:
         if self.read_only:
@@ -129,74 +170,86 @@ class S3Store:
     def put(self, key: str, data: bytes) -> None:
         self._writable()
         check_key(key)
-        if len(data) >= self.multipart_threshold:
-            self._put_multipart(key, data)
-            return
         digest = hashlib.sha256(data).hexdigest()
+        if len(data) >= self.multipart_threshold:  # parts in parallel, each retried on its own
+            self._call(f"upload {key}", lambda: self.client.upload_fileobj(
+                io.BytesIO(data), self.bucket, key, ExtraArgs={"Metadata": {"sha256": digest}}, Config=self.transfer))
+            return
         self._call(f"put {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                                                  Metadata={"sha256": digest}))
-
-    def _put_multipart(self, key: str, data: bytes) -> None:
-        upload = self._call(f"start upload of {key}",
-                            lambda: self.client.create_multipart_upload(
-                                Bucket=self.bucket, Key=key, Metadata={"sha256": hashlib.sha256(data).hexdigest()}))
-        upload_id = upload["UploadId"]
-        try:
-            parts = []
-            for number, start in enumerate(range(0, len(data), self.multipart_chunksize), start=1):
-                body = data[start : start + self.multipart_chunksize]
-                part = self._call(f"upload part {number} of {key}", lambda b=body, n=number: self.client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=n, Body=b))
-                parts.append({"PartNumber": number, "ETag": part["ETag"]})
-            self._call(f"complete upload of {key}", lambda: self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
-        except BaseException:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except (ClientError, BotoCoreError):
-                pass  # the bucket's lifecycle rules clean up what an abort cannot
-            raise
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         return self.read(key, max_bytes)[0]
 
     def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
         check_key(key)
+        meta = None
         if max_bytes is not None:
-            info = self.head(key)
-            if info is None:
+            meta = self._head(key)
+            if meta is None:
                 raise ObjectNotFound(f"{key} does not exist in {self.url}")
-            if info.size > max_bytes:
-                raise ObjectTooLarge(f"{key} is {info.size} bytes, over the {max_bytes}-byte limit")
-
-        def fetch() -> tuple[bytes, ObjectInfo]:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-            body = response["Body"]
-            chunks, total = [], 0
+            if int(meta["ContentLength"]) > max_bytes:
+                raise ObjectTooLarge(f"{key} is {meta['ContentLength']} bytes, over the {max_bytes}-byte limit")
+        for attempt in range(self.max_attempts):
             try:
-                while chunk := body.read(_STREAM_CHUNK):
-                    total += len(chunk)
-                    if max_bytes is not None and total > max_bytes:
-                        raise ObjectTooLarge(f"{key} streamed past the {max_bytes}-byte limit")
-                    chunks.append(chunk)
-            finally:
-                body.close()
-            data = b"".join(chunks)
-            expected = (response.get("Metadata") or {}).get("sha256")
-            if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-                raise _Transient(f"the bytes of {key} do not match their SHA-256 (cut short or swapped in transit)")
-            return data, ObjectInfo(key, len(data), response["LastModified"].timestamp())
+                if meta is not None and int(meta["ContentLength"]) >= self.multipart_threshold:
+                    return self._download(key, meta)
+                return self._fetch(key, max_bytes)
+            except _Spoiled as exc:
+                last = exc
+            if attempt + 1 < self.max_attempts:
+                time.sleep(random.random() * min(20.0, self.backoff_s * 2**attempt))  # full jitter
+        raise StorageError(f"get {key}: {self.url} failed {self.max_attempts} times; last error: {last}")
 
-        return self._call(f"get {key}", fetch)
+    def _fetch(self, key: str, max_bytes: int | None) -> tuple[bytes, ObjectInfo]:
+        """One GET, streamed within ``max_bytes`` and checked against the object's SHA-256."""
+        response = self._call(f"get {key}", lambda: self.client.get_object(Bucket=self.bucket, Key=key))
+        body, chunks, total = response["Body"], [], 0
+        try:
+            while chunk := body.read(_STREAM_CHUNK):
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise ObjectTooLarge(f"{key} streamed past the {max_bytes}-byte limit")
+                chunks.append(chunk)
+        except _SPOILED_BODY as exc:
+            raise _Spoiled(f"the body of {key} broke off: {exc}") from None
+        finally:
+            body.close()
+        data = b"".join(chunks)
+        self._check(key, data, response.get("Metadata"))
+        return data, ObjectInfo(key, len(data), response["LastModified"].timestamp())
+
+    def _download(self, key: str, meta: dict[str, Any]) -> tuple[bytes, ObjectInfo]:
+        """A large object as byte ranges in parallel (boto3's managed download) into a buffer of the
+        size HEAD announced, checked against its SHA-256."""
+        sink = _Bounded(int(meta["ContentLength"]), key)
+        try:
+            self._call(f"download {key}", lambda: self.client.download_fileobj(self.bucket, key, sink,
+                                                                                Config=self.transfer))
+        except StorageError as exc:
+            if isinstance(exc, (ObjectNotFound, AccessDenied)):
+                raise
+            raise _Spoiled(str(exc)) from None
+        data = bytes(sink.data)
+        self._check(key, data, meta.get("Metadata"))
+        return data, ObjectInfo(key, len(data), meta["LastModified"].timestamp())
+
+    @staticmethod
+    def _check(key: str, data: bytes, metadata: dict | None) -> None:
+        expected = (metadata or {}).get("sha256")
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise _Spoiled(f"the bytes of {key} do not match their SHA-256 (cut short or swapped in transit)")
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self._call(f"head {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=key))
+        except ObjectNotFound:
+            return None
 
     def head(self, key: str) -> ObjectInfo | None:
         check_key(key)
-        try:
-            meta: dict[str, Any] = self._call(
-                f"head {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=key))
-        except ObjectNotFound:
-            return None
-        return ObjectInfo(key, int(meta["ContentLength"]), meta["LastModified"].timestamp())
+        meta = self._head(key)
+        return None if meta is None else ObjectInfo(key, int(meta["ContentLength"]), meta["LastModified"].timestamp())
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         def run() -> list[ObjectInfo]:
