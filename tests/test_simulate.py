@@ -88,11 +88,30 @@ def test_bad_scenarios_are_explained(tmp_path, data_dir, capsys):
         assert why in capsys.readouterr().err, flags
 
 
-def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_path, data_dir, monkeypatch):
+def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_path, data_dir, monkeypatch, moto_port):
+    """A live network on S3 buckets whose write key is in the environment; also scanned for that key
+    (tests/test_secrets.py)."""
+    import uuid
+
+    from gauntlet.storage.s3_store import S3Store
+    from test_secrets import assert_no_write_key_leaked
+
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    tag = uuid.uuid4().hex[:10]
+    write_key, write_secret = f"WRITEKEY{tag.upper()}", f"write-secret-{uuid.uuid4().hex}"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", write_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", write_secret)
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    buckets = [S3Store(f"sec-{tag}-{n}", endpoint_url=endpoint, region="us-east-1")
+               for n in ("validator", "honest-0", "honest-1", "noise", "crasher")]
+    for store in buckets:
+        store.create_bucket()
     summary = simulate(tmp_path / "live", data_dir, "--mode", "live", "--honest", "2", "--adversary", "noise",
                        "--adversary", "custom_adversary:Crasher", "--windows", "5",
+                       "--storage", f"s3://sec-{tag}-{{name}}?endpoint_url={endpoint}&region=us-east-1",
                        "--set", "timing.blocks_per_window=12")  # 4 nodes: 12-second windows suffice
+    assert_no_write_key_leaked(tmp_path / "live", buckets, {"write key id": write_key.encode(),
+                                                            "write secret": write_secret.encode()})
     crashed = json.loads((tmp_path / "live" / "crashed.json").read_text())
     assert crashed == {"crasher": 3}
     weights = {p["name"]: p["weight"] for p in summary["peers"]}
@@ -101,7 +120,8 @@ def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_pat
     assert weights["noise"] == weights["crasher"] == 0.0  # whatever weight is set goes to the honest peers
     assert summary["honest_weight_share"] == pytest.approx(1.0 if any(weights.values()) else 0.0)
     # the weights shown are those the validator set at the last window (5 windows, weights every 2)
-    last = json.loads(next((tmp_path / "live" / "nodes" / "validator").rglob("0000000004/record.json")).read_text())
+    record = next(o.key for o in buckets[0].list() if o.key.endswith("0000000004/record.json"))
+    last = json.loads(buckets[0].get(record))
     assert last["weights"] and "set after window 4" in (tmp_path / "live" / "report.md").read_text()
     # and only peers with a positive final score beside them have weight. (After 5 windows an honest
     # peer's final score may still be 0: its uniqueness average starts at 0 and moves by 0.05 a window,
@@ -112,8 +132,8 @@ def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_pat
 
 def test_the_embedded_s3_server_gives_every_node_a_bucket_it_can_write_and_others_can_read(tmp_path,
                                                                                              monkeypatch):
-    """What `--storage embedded-s3` adds to a live run (tests/test_secrets.py runs a whole live network
-    on S3 buckets): a loopback server, one bucket per node, and the nodes' credentials."""
+    """What `--storage embedded-s3` adds to a live run (the live run above is a whole network on S3
+    buckets): a loopback server, one bucket per node, and the nodes' credentials."""
     from gauntlet.storage import open_store
     from peers.sim.live import node_env, start_embedded_s3, store_urls
     from peers.sim.scenario import Scenario
