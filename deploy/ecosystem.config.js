@@ -12,7 +12,7 @@ module.exports = {
       name: "gauntlet-peer",
       script: venv,
       args: ["peer", "--wallet.name", "miner", "--wallet.hotkey", "default", "--run-dir", "/var/lib/gauntlet/peer",
-        "--metrics.port", "9100", "--nproc", "8", "--retain", "3", ...common],
+        "--metrics.port", "9100", "--nproc", "8", "--retain", "28", ...common],
       interpreter: "none",
       kill_timeout: 300000, // ms: SIGTERM lets the node finish its step and save (it saves every window)
       autorestart: true,
@@ -22,7 +22,7 @@ module.exports = {
       name: "gauntlet-validator",
       script: venv,
       args: ["validate", "--wallet.name", "validator", "--wallet.hotkey", "default",
-        "--run-dir", "/var/lib/gauntlet/validator", "--metrics.port", "9101", "--retain", "13", ...common],
+        "--run-dir", "/var/lib/gauntlet/validator", "--metrics.port", "9101", "--retain", "28", ...common],
       interpreter: "none",
       kill_timeout: 300000,
       autorestart: true,

@@ -165,7 +165,9 @@ class ValidatorConfig(_Section):
                                "listed (aggregated): 0.4 takes ten loss tests that all show its own-data advantage.")
     list_min_final_ratio: float = Field(0.2, ge=0, le=1, description="A listed peer's final score is at least this "
                                         "fraction of the best final score of the window.")
-    checkpoint_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(25, ge=1, description="Windows between the validator's checkpoints (whole "
+                                  "weights); a late peer replays the windows since the latest from the listed "
+                                  "peers' messages, so nodes keep checkpoint_every + 3 windows of them.")
     weight_sample: int = Field(1024, ge=16, description="Weights sampled for the sync check.")
 
 

@@ -38,6 +38,7 @@ from gauntlet.uniqueness import assigned_indices
 from peers.behaviours import Behaviour, WindowContext
 from peers.network.explain import window_line
 from peers.network.gather import GatherResult
+from peers.network.replay import ReplayIncomplete, ReplayList, message_id
 from peers.node.base import Node, NodeOptions
 from peers.node.clock import StopRequested
 from peers.node.state_files import LocalState, parse_state_meta, state_meta, state_size
@@ -153,38 +154,57 @@ class Peer(Node):
 
     def apply(self, window: int, prefer_published: bool = False) -> GatherResult:
         """Step 3 (after the slot): gather, aggregate, outer step. A peer catching up applies the
-        validator's published aggregate when there is one instead of gathering every message."""
+        messages the validator's replay list names (when there is one) instead of gathering every
+        message. Raises ReplayIncomplete when a message the validator applied stays unreadable here:
+        the window is then tried again, never applied from a partial view."""
         if not self.in_sync:  # a behaviour that ignores the network (an adversary)
             self.in_sync = True
             return GatherResult(window)
-        if prefer_published and (agg := self.feed.aggregate(window)) is not None:
-            self._step(agg)
-            return GatherResult(window)
+        if prefer_published and (replay := self.feed.replay(window)) is not None:
+            return self._replay(replay, GatherResult(window))
         result = self.gather_retrying(window)
         if result.failed or result.list_unreadable:
             # Our view of the window is incomplete for the infrastructure's fault: applying it would
-            # leave this peer out of sync. The validator's signed aggregate is what the network applied.
-            agg = self._await_published(window)
-            if agg is not None:
-                self._step(agg)
-                result.used_published = True
-                log.info("window %d: applied the validator's aggregate (unreadable here: %s)", window,
-                         ", ".join(k[:12] for k in result.failed) or "the peer list")
-                return result
-            log.warning("window %d: %d messages unreadable and no validator aggregate; applying the %d read",
+            # leave this peer out of sync. The validator's replay list names what the network applied.
+            replay = self._await_replay(window)
+            if replay is not None:
+                return self._replay(replay, result)
+            log.warning("window %d: %d messages unreadable and no validator's replay list; applying the %d read",
                         window, len(result.failed), len(result.messages))
-        ordered = result.ordered()
-        if ordered:
-            self.metrics.set_phase("applying")
-            started = time.monotonic()
-            self.last_aggregate = self.engine.updates.apply([m for _, m in ordered])
-            self.metrics.outer_seconds.set(time.monotonic() - started)
+        self._aggregate([m for _, m in result.ordered()])
         return result
 
-    def _step(self, agg: dict[str, torch.Tensor]) -> None:
-        """The outer step with a whole aggregate (the validator's), remembered as the last applied."""
-        self.engine.updates.apply_full(agg)
-        self.last_aggregate = agg
+    def _aggregate(self, messages: list) -> None:
+        if messages:
+            self.metrics.set_phase("applying")
+            started = time.monotonic()
+            self.last_aggregate = self.engine.updates.apply(messages)
+            self.metrics.outer_seconds.set(time.monotonic() - started)
+
+    def _replay(self, replay: ReplayList, result: GatherResult) -> GatherResult:
+        """Apply exactly the messages ``replay`` names, in its order: those already gathered in
+        ``result`` when their ids match, the others read again from their senders' buckets (until
+        ``timing.gather_timeout_s``). ReplayIncomplete when some stay unreadable."""
+        window, wanted = replay.window, dict(replay.messages)
+        have = {h: m for h, m in result.messages.items() if h in wanted and message_id(m) == wanted[h]}
+        deadline = time.monotonic() + self.cfg.timing.gather_timeout_s
+        while len(have) < len(wanted):
+            got = self.read_messages(window, [h for h in wanted if h not in have])
+            have.update({h: m for h, m in got.messages.items() if message_id(m) == wanted[h]})
+            if len(have) == len(wanted) or time.monotonic() >= deadline:
+                break
+            self.clock.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        lacking = sorted(set(wanted) - set(have))
+        if lacking:
+            raise ReplayIncomplete(f"window {window}: {len(lacking)} of the {len(wanted)} messages the validator "
+                                   f"applied cannot be read here ({', '.join(h[:12] for h in lacking)})")
+        self._aggregate([have[h] for h, _ in replay.messages])
+        result.messages = {h: have[h] for h, _ in replay.messages}
+        if result.failed or result.list_unreadable:
+            log.info("window %d: applied the validator's replay list (unreadable at first: %s)", window,
+                     ", ".join(k[:12] for k in result.failed) or "the peer list")
+        result.replayed = True
+        return result
 
     def _train_and_upload(self, window: int) -> dict:
         boundary, t = self.clock.window_start(window + 1), self.cfg.timing
@@ -197,12 +217,12 @@ class Peer(Node):
             self.clock.wait_until(boundary + min(self.behaviour.upload_delay_s, t.upload_slot_s + t.slot_grace_s + 1))
         return {"uploaded": self.upload(window, data), **facts}
 
-    def _await_published(self, window: int) -> dict[str, torch.Tensor] | None:
-        """The validator's aggregate for ``window``, waiting up to ``timing.gather_timeout_s`` for it."""
+    def _await_replay(self, window: int) -> ReplayList | None:
+        """The validator's replay list for ``window``, waiting up to ``timing.gather_timeout_s`` for it."""
         deadline = time.monotonic() + self.cfg.timing.gather_timeout_s
-        while (agg := self.feed.aggregate(window)) is None and time.monotonic() < deadline:
+        while (replay := self.feed.replay(window)) is None and time.monotonic() < deadline:
             self.clock.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        return agg
+        return replay
 
     def finish(self, window: int, result: GatherResult, facts: dict, follows_network: bool = True) -> None:
         """Step 4: publish the fingerprint, save the state, log the window (metrics line + one log line)."""
@@ -247,7 +267,7 @@ class Peer(Node):
                           "ef_checksum": self.engine.measure.ef_checksum()[:16], "gathered": sorted(result.messages),
                           "missing": result.missing, "outside_slot": sorted(result.outside_slot),
                           "invalid": result.invalid, "failed": result.failed,
-                          "used_published_aggregate": result.used_published, "list": result.list_rule,
+                          "replayed": result.replayed, "list": result.list_rule,
                           "list_window": result.list_window, "list_in_time": result.list_in_time,
                           "list_validator": result.list_validator, "list_failover": result.list_failover, **facts})
         what = window_line(result, hotkey=self.identity.hotkey, trained=facts.get("trained", True),
@@ -330,6 +350,12 @@ class Peer(Node):
                 if did_train and trained_windows >= 2 and not warned:  # the first pays one-time costs
                     warned = self._check_fit(nxt, trained[1]["train_s"], apply_s)
                 nxt += 1
+            except ReplayIncomplete as exc:  # a newer checkpoint ends the wait; else the window is tried again
+                if self.load_checkpoint():
+                    nxt, trained = self.window_done + 1, None
+                    continue
+                log.warning("%s; retrying in %.0f s", exc, self.RETRY_S)
+                self.clock.sleep(self.RETRY_S)
             except (ChainError, StorageError) as exc:
                 log.warning("window %d: %s; retrying in %.0f s", nxt, exc, self.RETRY_S)
                 self.clock.sleep(self.RETRY_S)

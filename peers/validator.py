@@ -44,6 +44,7 @@ from gauntlet.uniqueness import CopyFinding, find_copies, own_eval_indices
 from gauntlet.uniqueness.copying import pair_stats
 from gauntlet.uniqueness.sampled import draw_sample, sample_seed
 from peers.network.artefacts import encode_artefact
+from peers.network.replay import encode_replay, message_id
 from peers.network.directory import NetworkView
 from peers.network.gather import GatherResult
 from peers.network.peer_list import ListChoice, encode_peer_list, select
@@ -76,6 +77,7 @@ class Evaluation:
     tests: dict[str, LossTest] = field(default_factory=dict)
     why: dict[str, dict] = field(default_factory=dict)  # every peer's factors (scores.jsonl, the record)
     applied: list[str] = field(default_factory=list)  # hotkeys aggregated, canonical order
+    fingerprint: str | None = None  # of the weights after the window's outer step
     weights: dict[int, float] | None = None  # set on chain this window
     durations: dict[str, float] = field(default_factory=dict)
     published_bytes: int = 0
@@ -218,17 +220,20 @@ class Validator(Node):
 
     def _apply(self, ev: Evaluation) -> None:
         """The aggregate every peer applies (the peers of the list that governs the window, see
-        :meth:`ValidatorFeed.choose_list`), the outer step, and the aggregate published."""
+        :meth:`ValidatorFeed.choose_list`), the outer step, and the replay list published: the ids of
+        the messages applied, from which a node that missed the window applies the same aggregate."""
         window, followed = ev.window, ev.choice.followed
         members = ev.present if followed is None else select(followed, ev.result.messages, self.cfg.sparseloco.top_g)
         ev.applied = sorted(members)
         if ev.applied:
             self.metrics.set_phase("applying")
             started = time.monotonic()
-            agg = self.engine.updates.apply([ev.result.messages[h] for h in ev.applied], want_full=True)
+            self.engine.updates.apply([ev.result.messages[h] for h in ev.applied])
             self.metrics.outer_seconds.set(time.monotonic() - started)
-            self._publish(ev, keys.aggregate(self.run, window),
-                          encode_artefact("aggregate", agg, run=self.run_hash, window=window, signer=self.identity))
+        ev.fingerprint = self.engine.measure.fingerprint()
+        listed = [(h, message_id(ev.result.messages[h])) for h in ev.applied]
+        self._publish(ev, keys.replay(self.run, window), encode_replay(window, listed, ev.fingerprint,
+                                                                       run=self.run_hash, signer=self.identity))
         self.spool.keep_only(None)
         after = self.engine.measure.weight_sample(self.cfg.validator.weight_sample, self.cfg.seed)
         step = sum(abs(a - b) for a, b in zip(after, ev.reference)) / len(after)
@@ -331,7 +336,7 @@ class Validator(Node):
                     and m.header.extra.get("declared")}
         return {"v": 1, "run": self.run_hash, "run_name": self.run, "window": ev.window, "time": time.time(),
                 "model": {"preset": self.cfg.model.preset, "parameters": sum(math.prod(s) for s in self.spec.values())},
-                "config": self.run_hash, "fingerprint": self.engine.measure.fingerprint(), "aggregated": ev.applied,
+                "config": self.run_hash, "fingerprint": ev.fingerprint, "aggregated": ev.applied,
                 "followed": {"validator": ev.choice.validator, "rule": ev.choice.rule,
                              "list_window": ev.choice.list_window, "failover": ev.choice.failover},
                 "peers": {h: {k: v for k, v in ev.why[h].items() if k != "window"} for h in sorted(ev.why)},

@@ -1,4 +1,4 @@
-"""A new peer catches up from a validator-signed checkpoint and the published aggregates."""
+"""A new peer catches up from a validator-signed checkpoint and the validator's replay lists."""
 
 import json
 import time
@@ -33,26 +33,48 @@ def spec_of(model):
     return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
-def test_a_new_peer_loads_the_latest_checkpoint_then_applies_published_aggregates(tmp_path, cfg_and_data):
+def test_a_new_peer_loads_the_latest_checkpoint_then_replays_the_listed_messages(tmp_path, cfg_and_data):
+    """Checkpoint of window 2, then windows 3 and 4 from the validator's replay lists: the messages they
+    name are read from their senders' buckets and aggregated — a message the list does not name (a
+    newer upload under the same key would have another id) is refused."""
+    from gauntlet.sparseloco import ErrorFeedback, aggregate, decode_message, encode_message, outer_step
+    from peers.network.replay import encode_replay, message_id
+
     cfg, data = cfg_and_data
     chain = LocalChain(tmp_path / "chain.db", block_time=0.01)  # 0.1-second windows
     vstore, pstore = FileStore(tmp_path / "v"), FileStore(tmp_path / "p")
     chain.register(VALIDATOR.hotkey, stake=100.0, validator_permit=True)
     chain.register(PEER.hotkey)
     chain.commit(VALIDATOR, BucketCard("file", str(vstore.root)).encode())
-
     model = build_model(cfg.model, 256, 64, seed=cfg.seed)
+    spec = spec_of(model)
     g = torch.Generator().manual_seed(1)
     ckpt = {n: p.detach() + 0.01 * torch.randn(p.shape, generator=g) for n, p in model.named_parameters()}
-    aggs = {w: {n: 1e-3 * torch.randn(p.shape, generator=g) for n, p in model.named_parameters()} for w in (3, 4)}
     run = cfg.run_hash()
     vstore.put(keys.checkpoint(cfg.run_name, 1), encode_artefact("checkpoint", {n: t * 0 for n, t in ckpt.items()},
                                                                    run=run, window=1, signer=VALIDATOR))
     vstore.put(keys.checkpoint(cfg.run_name, 2), encode_artefact("checkpoint", ckpt, run=run, window=2,
                                                                    signer=VALIDATOR))
-    for w, agg in aggs.items():
-        vstore.put(keys.aggregate(cfg.run_name, w), encode_artefact("aggregate", agg, run=run, window=w,
-                                                                      signer=VALIDATOR))
+    senders = sorted((Identity.from_seed(s) for s in ("sender-a", "sender-b")), key=lambda i: i.hotkey)
+    expected = {n: t.clone() for n, t in ckpt.items()}
+    for ident in senders:
+        store = FileStore(tmp_path / ident.hotkey[:8])
+        chain.register(ident.hotkey)
+        chain.commit(ident, BucketCard("file", str(store.root)).encode())
+        ident.store = store
+    for w in (3, 4):
+        listed, decoded = [], []
+        for ident in senders:
+            ef = ErrorFeedback(spec, cfg.sparseloco)
+            delta = {n: 1e-3 * torch.randn(s, generator=g) for n, s in spec.items()}
+            msg = encode_message(ef.compress(delta), window=w, run=run, codec=cfg.sparseloco, signer=ident)
+            ident.store.put(keys.message(cfg.run_name, w, ident.hotkey), msg)
+            m = decode_message(msg, spec=spec, expected_window=w, expected_run=run, expected_codec=cfg.sparseloco)
+            listed.append((ident.hotkey, message_id(m)))
+            decoded.append(m.tensors)
+        vstore.put(keys.replay(cfg.run_name, w), encode_replay(w, listed, "fp", run=run, signer=VALIDATOR))
+        agg = aggregate(decoded, cfg.sparseloco.combine, cfg.sparseloco.clip_to_median)
+        outer_step(expected, agg, cfg.sparseloco.outer_lr)
     while chain.block() // 10 < 6:
         time.sleep(0.02)
 
@@ -61,14 +83,11 @@ def test_a_new_peer_loads_the_latest_checkpoint_then_applies_published_aggregate
     peer = Peer(cfg, PEER, chain, pstore, opts)
     peer.run_forever()
 
-    expected = {n: t.clone() for n, t in ckpt.items()}
-    for w in (3, 4):
-        for n in expected:
-            expected[n].sub_(aggs[w][n] * 0.7)  # lr · agg rounded first, as outer_step does
     assert all(torch.equal(p.detach(), expected[n]) for n, p in peer.model.named_parameters())
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["event"] == "checkpoint" and lines[0]["window"] == 2
-    assert [(m["window"], m["trained"]) for m in lines[1:]] == [(3, False), (4, False)]
+    assert [(m["window"], m["trained"], m["replayed"], len(m["gathered"])) for m in lines[1:]] == \
+        [(3, False, True, 2), (4, False, True, 2)]
     assert chain.commitments()[PEER.hotkey].data == BucketCard("file", str(pstore.root)).encode()
     from transformers import AutoModelForCausalLM
 
@@ -87,8 +106,6 @@ def test_artefacts_are_rejected_unless_trusted_intact_and_shaped_like_the_model(
     common = dict(run="r", spec=spec, max_bytes=1 << 20)
     with pytest.raises(SignatureError, match="not a trusted"):
         decode_artefact(good, kind="checkpoint", window=5, trusted={STRANGER.hotkey}, **common)
-    with pytest.raises(InvalidMessage, match="not a version-1 aggregate"):
-        decode_artefact(good, kind="aggregate", window=5, trusted={VALIDATOR.hotkey}, **common)
     with pytest.raises(InvalidMessage, match="window 5"):
         decode_artefact(good, kind="checkpoint", window=6, trusted={VALIDATOR.hotkey}, **common)
     tampered = bytearray(good)

@@ -27,7 +27,7 @@ def test_systemd_units_start_the_doctor_then_the_node_with_flags_that_exist(unit
         args = parses(argv[1:])  # argparse exits on any unknown flag
         assert args.command == ("doctor" if key == "ExecStartPre" else "peer" if "peer" in unit else "validate")
     node = parses(shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: ENV[m.group(1)], lines["ExecStart"]))[1:])
-    assert node.metrics_port and node.retain == (3 if "peer" in unit else 13)  # validators: checkpoint_every + 3
+    assert node.metrics_port and node.retain == 28  # checkpoint_every + 3
     assert "KillSignal=SIGTERM" in text and "EnvironmentFile=" in text
 
 

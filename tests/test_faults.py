@@ -157,20 +157,40 @@ def test_a_validator_that_cannot_read_a_peer_neither_scores_nor_penalises_it(tmp
 
 
 @pytest.mark.slow  # lockstep networks over several windows
-def test_a_peer_that_cannot_read_a_message_applies_the_validators_aggregate_and_stays_in_sync(tmp_path,
-                                                                                             data_dir):
-    cfg = load_config(overrides=SETTINGS)
+def test_a_peer_that_cannot_read_a_message_replays_the_validators_list_and_never_applies_a_partial_view(
+        tmp_path, data_dir):
+    from peers.network.gather import GatherResult
+    from peers.network.replay import ReplayIncomplete
+
+    cfg = load_config(overrides=SETTINGS + ["timing.gather_timeout_s=1"])
     net = build(tmp_path / "net", cfg, honest(3), data_dir)
     run(net, 2)
     peer = net.peers["honest-0"]
     peer.RETRY_BACKOFF_S = 0.0
-    break_view(peer, node_identity(cfg.seed, "honest-2").hotkey)
+    victim = node_identity(cfg.seed, "honest-2").hotkey
+    link = break_view(peer, victim)
+    read_again = peer.read_messages
+
+    def link_back_then_read(window, hotkeys):  # the link comes back after the window's gathers failed
+        link.broken = False
+        return read_again(window, hotkeys)
+
+    peer.read_messages = link_back_then_read
     record = run_window(net)
     line = json.loads((tmp_path / "net/peers/honest-0/state/metrics.jsonl").read_text().splitlines()[-1])
-    assert line["window"] == 2 and line["used_published_aggregate"]
-    assert node_identity(cfg.seed, "honest-2").hotkey in line["failed"]
+    assert line["window"] == 2 and line["replayed"] and victim in line["failed"]
+    assert sorted(line["gathered"]) == sorted(record["aggregated"]) and len(record["aggregated"]) == 3
     weights = dict(peer.model.named_parameters())
     assert fingerprint(weights) == record["fingerprint"] == fingerprint(dict(net.validator.model.named_parameters()))
+
+    # with the link down for good, nothing of the window is applied: the peer tries the window again
+    peer.read_messages = read_again
+    link.broken = True
+    replay = peer.feed.replay(2)
+    others = peer.read_messages(2, [h for h, _ in replay.messages if h != victim])
+    with pytest.raises(ReplayIncomplete, match=r"window 2: 1 of the 3 messages the validator applied cannot be read"):
+        peer._replay(replay, GatherResult(2, messages=dict(others.messages)))
+    assert fingerprint(dict(peer.model.named_parameters())) == record["fingerprint"]
 
 
 # ------------------------------------------------------------------------------------------ chain

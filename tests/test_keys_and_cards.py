@@ -11,7 +11,7 @@ HK = "5DJ3SyKbetjtJ1xWZAnuBvdjJP6J4JnDqcR3h7kRx9QnjamY"
 def test_key_layout_is_exactly_as_documented():
     assert keys.message("run1", 42, HK) == f"runs/run1/windows/0000000042/messages/{HK}.safetensors"
     assert keys.fingerprint("run1", 42, HK) == f"runs/run1/windows/0000000042/fingerprints/{HK}.json"
-    assert keys.aggregate("run1", 42) == "runs/run1/windows/0000000042/aggregate.safetensors"
+    assert keys.replay("run1", 42) == "runs/run1/windows/0000000042/replay.json"
     assert keys.peer_list("run1", 42) == "runs/run1/windows/0000000042/peers.json"
     assert keys.record("run1", 42) == "runs/run1/windows/0000000042/record.json"
     assert keys.checkpoint("run1", 42) == "runs/run1/checkpoints/0000000042.safetensors"
@@ -19,7 +19,7 @@ def test_key_layout_is_exactly_as_documented():
 
 def test_keys_parse_back_and_sort_by_window():
     for key, kind in [(keys.message("r", 7, HK), "message"), (keys.checkpoint("r", 9), "checkpoint"),
-                      (keys.record("r", 3), "record"), (keys.aggregate("r", 3), "aggregate")]:
+                      (keys.record("r", 3), "record"), (keys.replay("r", 3), "replay")]:
         parsed = keys.parse(key)
         assert parsed.kind == kind and parsed.run == "r"
     assert keys.parse(keys.message("r", 7, HK)).hotkey == HK and keys.parse(keys.message("r", 7, HK)).window == 7

@@ -32,8 +32,8 @@ def test_a_window_that_aggregated_says_how_many_and_how_this_peer_took_part():
     assert line(result(messages={ME: 1, A: 1, B: 1})) == "3 peers aggregated"
     assert line(result(messages={A: 1}), trained=False) == \
         "1 peer aggregated (caught up: applied without training, this peer was down or behind while the window ran)"
-    assert line(result(failed={A: "timed out"}, used_published=True)) == \
-        "applied the validator's aggregate (1 message unreadable here)"
+    assert line(result(messages={A: 1, B: 1}, failed={A: "timed out"}, replayed=True)) == \
+        "applied the 2 messages of the validator's replay list (1 message unreadable at first)"
 
 
 @pytest.mark.parametrize("fields, trained, uploaded, expected", [

@@ -14,7 +14,7 @@ def fill(store, windows):
     for w in windows:
         store.put(keys.message(RUN, w, ME), b"m")
         store.put(keys.fingerprint(RUN, w, ME), b"f")
-        store.put(keys.aggregate(RUN, w), b"a")
+        store.put(keys.replay(RUN, w), b"a")
         store.put(keys.peer_list(RUN, w), b"l")
         store.put(keys.record(RUN, w), b"r")
         store.put(keys.message(RUN, w, OTHER), b"not mine")  # a shared bucket: never touched
@@ -37,7 +37,7 @@ def test_a_restart_prunes_everything_older_and_each_window_then_one_more(tmp_pat
     fill(store, range(10))
     assert prune(store, RUN, ME, newest=9, retain=3, everything=True) == 3 * 7 + 2
     left = kinds_by_window(store)
-    assert left["message"] == left["fingerprint"] == left["aggregate"] == {7, 8, 9}
+    assert left["message"] == left["fingerprint"] == left["replay"] == {7, 8, 9}
     assert left["record"] == set(range(10))  # the audit trail stays
     assert left["peer_list"] == set(range(10))  # a late list falls back to an earlier one: all must find it
     assert left["checkpoint"] == {4, 6, 8}  # the last 3 checkpoints
@@ -49,9 +49,9 @@ def test_a_restart_prunes_everything_older_and_each_window_then_one_more(tmp_pat
     assert left["message"] == {8, 9, 10} and left["checkpoint"] == {6, 8, 10}
 
 
-def test_peers_keep_three_windows_validators_a_checkpoint_interval_more_or_everything():
-    assert check_retain(3) == 3 and check_retain(0) == 0 and check_retain(13, "validator", 10) == 13
-    with pytest.raises(ConfigError, match="a peer keeps at least 3 windows"):
-        check_retain(2)
-    with pytest.raises(ConfigError, match="a validator keeps at least 13 windows"):
+def test_nodes_keep_a_checkpoint_interval_and_three_windows_or_everything():
+    assert check_retain(28) == 28 and check_retain(0) == 0 and check_retain(13, "validator", 10) == 13
+    with pytest.raises(ConfigError, match="a peer keeps at least 28 windows"):
+        check_retain(27)
+    with pytest.raises(ConfigError, match=r"a validator keeps at least 13 windows .* replay lists"):
         check_retain(5, "validator", 10)

@@ -79,11 +79,10 @@ def test_a_validator_on_two_ranks_scores_and_aggregates_exactly_as_one_process(t
     one, two = results[0], results[2]
     assert len(one["scores"]) == 3 and all("score" in s for s in one["scores"]), one["scores"]  # all loss-tested
     assert one["scores"] == two["scores"]  # losses before/after, scores, ratings: the same floats
-    import safetensors.torch
-
-    agg_one, agg_two = (safetensors.torch.load(bytes.fromhex(r["aggregate"])) for r in (one, two))
-    assert agg_one.keys() == agg_two.keys() and all(torch.equal(agg_one[k], agg_two[k]) for k in agg_one)
-    assert one["fingerprint"] == two["fingerprint"] and one["sample"] == two["sample"]
+    replay_one, replay_two = (json.loads(bytes.fromhex(r["replay"])) for r in (one, two))
+    assert replay_one["messages"] == replay_two["messages"] and len(replay_one["messages"]) == 3
+    assert replay_one["fingerprint"] == replay_two["fingerprint"] == one["fingerprint"] == two["fingerprint"]
+    assert one["sample"] == two["sample"]
 
 
 # ------------------------------------------------------------------------------------------- live

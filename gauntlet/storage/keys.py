@@ -52,8 +52,8 @@ def fingerprint(run: str, window: int, hotkey: str) -> str:
     return f"{window_prefix(run, window)}fingerprints/{_seg(hotkey, 'hotkey')}.json"
 
 
-def aggregate(run: str, window: int) -> str:
-    return f"{window_prefix(run, window)}aggregate.safetensors"
+def replay(run: str, window: int) -> str:
+    return f"{window_prefix(run, window)}replay.json"
 
 
 def peer_list(run: str, window: int) -> str:
@@ -79,7 +79,7 @@ class ParsedKey:
 _PATTERNS = [
     ("message", re.compile(r"runs/([^/]+)/windows/(\d{10})/messages/([^/]+)\.safetensors")),
     ("fingerprint", re.compile(r"runs/([^/]+)/windows/(\d{10})/fingerprints/([^/]+)\.json")),
-    ("aggregate", re.compile(r"runs/([^/]+)/windows/(\d{10})/aggregate\.safetensors")),
+    ("replay", re.compile(r"runs/([^/]+)/windows/(\d{10})/replay\.json")),
     ("peer_list", re.compile(r"runs/([^/]+)/windows/(\d{10})/peers\.json")),
     ("record", re.compile(r"runs/([^/]+)/windows/(\d{10})/record\.json")),
     ("checkpoint", re.compile(r"runs/([^/]+)/checkpoints/(\d{10})\.safetensors")),

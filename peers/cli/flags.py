@@ -57,7 +57,7 @@ def add_node_arguments(p: argparse.ArgumentParser, role: str) -> dict[str, argpa
     g.add_argument("--retain", type=int, default=0, metavar="K",
                    help="keep the last K windows of what this node publishes in its bucket (messages, fingerprints, "
                         "aggregates, peer lists) and its last K checkpoints, deleting older ones; 0 keeps everything. "
-                        "A peer keeps at least 3, a validator at least validator.checkpoint_every + 3")
+                        "Peers and validators keep at least validator.checkpoint_every + 3 (28 by default)")
     g = groups["monitoring"] = p.add_argument_group("monitoring")
     g.add_argument("--metrics.port", dest="metrics_port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on /metrics and a health check on /healthz (200 while the node "

@@ -1,4 +1,4 @@
-"""Signed dense artefacts: checkpoints and per-window aggregates that validators publish.
+"""Signed dense artefacts: the checkpoints validators publish.
 
 An artefact is a safetensors file of named fp32/bf16 tensors whose metadata carries a JSON header
 (``kind``, run hash, window, signer hotkey, tensor names/shapes/dtypes, sha256 of the data) and the
@@ -7,7 +7,7 @@ header, signature (against the hotkeys they trust), hash and the model's shapes 
 tensors — with the ``safetensors`` loader, never pickle.
 
 - ``checkpoint`` at window ``w``: the weights with every window up to and including ``w`` applied.
-- ``aggregate`` of window ``w``: what every node subtracts (times the outer lr) for window ``w``.
+  (What a window applied travels as a replay list: :mod:`peers.network.replay`.)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from gauntlet.identity import Identity, verify_signature
 from gauntlet.sparseloco import container
 
 PREFIX = b"gauntlet-artefact-v1:"
-KINDS = ("checkpoint", "aggregate")
+KINDS = ("checkpoint",)
 
 
 def _digest(header_json: str) -> bytes:

@@ -16,10 +16,11 @@ def window_line(result: GatherResult, *, hotkey: str, trained: bool, uploaded: b
     own = _own_part(result, hotkey, trained, uploaded, slot_opened)
     if not follows_network:
         return "nothing aggregated: this behaviour does not follow the network"
-    if result.used_published:
+    if result.replayed and (result.failed or result.list_unreadable):
         n = len(result.failed)
-        cause = f"{n} message{'s' if n != 1 else ''} unreadable here" if n else "the peer list unreadable here"
-        return f"applied the validator's aggregate ({cause})" + (f"; {own}" if own else "")
+        cause = f"{n} message{'s' if n != 1 else ''} unreadable at first" if n else "the peer list unreadable here"
+        return (f"applied the {len(result.messages)} messages of the validator's replay list ({cause})"
+                + (f"; {own}" if own else ""))
     count = len(result.messages)
     if count:
         head = f"{count} peer{'s' if count != 1 else ''} aggregated"

@@ -1,6 +1,6 @@
-"""What the validators publish for the others — a peer list for each window, the aggregates they
-applied and their checkpoints — read from their buckets and checked (signature, run, window, shapes)
-before anything is used. Nodes follow the highest-stake validator and fail over, window by window,
+"""What the validators publish for the others — a peer list for each window, the replay list of the
+messages each window applied, and their checkpoints — read from their buckets and checked
+(signature, run, window, shapes) before anything is used. Nodes follow the highest-stake validator and fail over, window by window,
 to the next one by stake when its list does not come in time."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from peers.network.artefacts import decode_artefact
 from peers.network.directory import Directory
 from peers.network.peer_list import MAX_BYTES as PEER_LIST_MAX_BYTES
 from peers.network.peer_list import LOOKBACK, ListChoice, PeerList, choose_list, decode_peer_list
+from peers.network.replay import MAX_BYTES as REPLAY_MAX_BYTES
+from peers.network.replay import ReplayList, decode_replay
 
 log = logging.getLogger("gauntlet.node")
 Source = tuple[str, ObjectStore]  # a validator's hotkey and its store
@@ -39,7 +41,7 @@ class ValidatorFeed:
         return self.directory.validators(self.trusted)
 
     def artefact(self, source: Source, kind: str, key: str, window: int | None) -> tuple[dict, dict[str, torch.Tensor]]:
-        """A signed aggregate or checkpoint from ``source``: (header, tensors)."""
+        """A signed checkpoint from ``source``: (header, tensors)."""
         hotkey, store = source
         data = store.get(key, max_bytes=self.max_bytes)
         return decode_artefact(data, kind=kind, run=self.run_hash, window=window, trusted={hotkey}, spec=self.spec,
@@ -100,16 +102,17 @@ class ValidatorFeed:
                         "message is applied until one does", window, LOOKBACK)
         return choice
 
-    def aggregate(self, window: int) -> dict[str, torch.Tensor] | None:
-        """The aggregate a validator applied for ``window``: the first usable one in stake order
-        (every validator applies the same list's aggregate; None: none usable yet)."""
-        for source in self.sources():
+    def replay(self, window: int) -> ReplayList | None:
+        """Which messages a validator applied for ``window``: the first usable replay list in stake
+        order (every validator applies the same list's aggregate; None: none usable yet)."""
+        for hotkey, store in self.sources():
             try:
-                return self.artefact(source, "aggregate", keys.aggregate(self.run, window), window)[1]
+                data = store.get(keys.replay(self.run, window), max_bytes=REPLAY_MAX_BYTES)
+                return decode_replay(data, run=self.run_hash, window=window, trusted={hotkey})
             except ObjectNotFound:
                 continue
             except (StorageError, InvalidMessage) as exc:
-                log.warning("window %d: unusable aggregate from validator %s: %s", window, source[0][:12], exc)
+                log.warning("window %d: unusable replay list from validator %s: %s", window, hotkey[:12], exc)
         return None
 
     def checkpoints(self, source: Source) -> list[int]:

@@ -42,7 +42,7 @@ class GatherResult:
     list_in_time: bool = False  # the window's own list was stored in time
     list_validator: str | None = None  # whose list governs (hotkey; None: no list)
     list_failover: bool = False  # a validator other than the highest-stake one governs (its list was not in time)
-    used_published: bool = False  # the validator's signed aggregate was applied instead of these messages
+    replayed: bool = False  # the messages the validator's replay list names were applied
 
     def ordered(self) -> list[tuple[str, Message | SpooledMessage]]:
         """Valid messages in canonical (hotkey) order: the order every node aggregates in."""

@@ -142,6 +142,15 @@ class Node:
             result.messages = {h: m for h, m in result.messages.items() if h in keep}
         return result
 
+    def read_messages(self, window: int, hotkeys: list[str]) -> GatherResult:
+        """``window``'s messages of ``hotkeys`` as they are now (no slot, no list: a validator already
+        judged them), validated."""
+        network, t = self.directory.view(), self.cfg.timing
+        sources = {h: s for h, s in network.stores.items() if h in set(hotkeys)}
+        return gather(window, sources, run=self.run, run_hash=self.run_hash, registered=network.registered,
+                      spec=self.spec, codec=self.cfg.sparseloco, slot=None, max_bytes=t.max_message_bytes,
+                      timeout=t.gather_timeout_s, cache=self.opts.message_cache)
+
     def gather_retrying(self, window: int, **kwargs) -> GatherResult:
         """:meth:`gather`, again (up to ``GATHER_RETRIES`` times, with back-off) while fetches fail
         for the infrastructure's fault; messages already validated come from the cache."""

@@ -1,6 +1,6 @@
 """Applying updates: decoding gathered messages, aggregating them into this rank's rows (one peer
-decoded at a time) and the outer step; or setting the weights from a validator's whole aggregate or
-checkpoint, which rank 0 holds."""
+decoded at a time) and the outer step; or setting the weights from a validator's checkpoint, which
+rank 0 holds."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Updates:
     @collective()
     def apply_messages(self, datas: list, want_full: bool = False) -> dict[str, torch.Tensor] | None:
         """Aggregate the messages (canonical order: as given) into this rank's rows, apply the outer
-        step. With ``want_full``, rank 0 returns the whole aggregate (to publish it)."""
+        step. With ``want_full``, rank 0 returns the whole aggregate."""
         c, lay = self.cfg.sparseloco, self.layout
         agg = aggregate_stream(lambda i: self.decode([datas[i]])[0], len(datas), c.combine, c.clip_to_median,
                                rows=lay.my_rows)  # one peer decoded at a time
@@ -53,11 +53,6 @@ class Updates:
         if want_full:
             return lay.gather_full(agg)
         return agg if lay.world.main and not lay.sharded else None
-
-    @collective(private=1)
-    def apply_full(self, agg: Mapping[str, torch.Tensor] | None) -> None:
-        """The outer step with a whole aggregate that rank 0 holds (a validator's published one)."""
-        outer_step(self.layout.local, self.layout.scatter_full(agg), self.cfg.sparseloco.outer_lr)
 
     @collective(private=1)
     def load_full(self, tensors: Mapping[str, torch.Tensor] | None) -> None:

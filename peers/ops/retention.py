@@ -1,11 +1,12 @@
 """What a node keeps in its own bucket: with ``--retain K``, the last K windows of what it publishes.
 
-Every window a peer writes its message and fingerprint, and a validator its aggregate, the next
-peer list and (every ``checkpoint_every`` windows) a checkpoint. Left alone (``--retain 0``, the
-default, which a network without validators needs for late joiners) they fill the bucket: the
-``150M`` preset's aggregates alone are 340 MB a window. With ``--retain K`` a node keeps the last K
-windows of them — enough for a peer that was away to replay the windows it missed, or to apply a
-validator's aggregates from its last checkpoint on — and its last K checkpoints; the signed window
+Every window a peer writes its message and fingerprint, and a validator its replay list (which
+messages made the window's aggregate), the next peer list and (every ``checkpoint_every`` windows) a
+checkpoint. Left alone (``--retain 0``, the default, which a network without validators needs for late
+joiners) they fill the bucket: a ``1B`` peer's messages are about 20 MB a window. With ``--retain K`` a
+node keeps the last K windows of them — enough for a peer that was away to load the validator's
+latest checkpoint and replay every window since from the listed messages — and its last K
+checkpoints; the signed window
 records (a few kB each, the audit trail) and peer lists (about 1.5 kB each; a node whose window's
 list is late looks back for the most recent one in time, and all must find the same) are never
 deleted. Deletions go in batches (S3's ``DeleteObjects``, 1,000 keys a request) and each removes one
@@ -21,22 +22,21 @@ from gauntlet.errors import ConfigError, StorageError
 from gauntlet.storage import ObjectStore, keys
 
 log = logging.getLogger("gauntlet.retention")
-PRUNED_KINDS = ("message", "fingerprint", "aggregate")
-MIN_RETAIN = 3  # a peer replays up to 2 missed windows from the others' messages and aggregates
+PRUNED_KINDS = ("message", "fingerprint", "replay")
+MIN_RETAIN = 3  # windows kept beyond a checkpoint interval: the window being replayed and two more
 
 
-def check_retain(retain: int, role: str = "peer", checkpoint_every: int = 10) -> int:
+def check_retain(retain: int, role: str = "peer", checkpoint_every: int = 25) -> int:
     """0 keeps everything (a network without validators needs the whole history for late joiners).
-    A peer keeps at least 3 windows (others replay up to 2 missed ones from them); a validator at least
-    ``checkpoint_every + 3`` (a late peer loads its latest checkpoint, then applies its aggregates
-    from there)."""
-    least = MIN_RETAIN if role == "peer" else checkpoint_every + MIN_RETAIN
+    Peers and validators keep at least ``checkpoint_every + 3`` windows: a late peer loads the latest
+    checkpoint, then replays every window since from the validator's replay lists and the listed peers'
+    messages."""
+    least = checkpoint_every + MIN_RETAIN
     if retain != 0 and retain < least:
         raise ConfigError(f"--retain {retain}: a {role} keeps at least {least} windows (or 0: everything), so that "
-                          f"peers that fell behind can still "
-                          + ("replay the windows they missed from its bucket" if role == "peer" else
-                             "apply its aggregates from its last checkpoint on (validator.checkpoint_every="
-                             f"{checkpoint_every})"))
+                          f"peers that fell behind can load the latest checkpoint and replay the windows since "
+                          f"from " + ("its messages" if role == "peer" else "its replay lists")
+                          + f" (validator.checkpoint_every={checkpoint_every})")
     return retain
 
 

@@ -38,10 +38,10 @@ def main(net: Path, data: Path, out: Path) -> None:
     sample = v.engine.measure.weight_sample(64, 0)
     v.engine.stop()
     scores = [json.loads(line) for line in (out / "state" / "scores.jsonl").read_text().splitlines()]
-    aggregate = (net / "validator").rglob("0000000000/aggregate.safetensors")
+    replay = (net / "validator").rglob("0000000000/replay.json")
     (out / "result.json").write_text(json.dumps({
         "scores": scores, "fingerprint": record["fingerprint"], "aggregated": record["aggregated"],
-        "aggregate": next(aggregate).read_bytes().hex(), "sample": sample}))
+        "replay": next(replay).read_bytes().hex(), "sample": sample}))
     if world is not None:
         shutdown(world)
         exit_now(0)
