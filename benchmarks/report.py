@@ -175,6 +175,47 @@ def sharded_section() -> list[str]:
     return lines + [""]
 
 
+def _bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def bandwidth_section() -> list[str]:
+    r = load("bandwidth")
+    if not r:
+        return ["Bandwidth: not run (`python benchmarks/bandwidth.py`).", ""]
+    lines = [f"Bandwidth and disk (`python benchmarks/bandwidth.py`): bytes per window for each node, from objects "
+             f"built and measured at each shape (vocabulary {r['vocab']:,}; a message, a fingerprint with its weight "
+             f"sample, a checkpoint, peer and replay lists, a window record scaled from a real one) and the "
+             f"protocol's counts (top G = {r['top_g']} and {r['reserves']} reserves). *Before*: a dense fp32 "
+             f"aggregate every window, a checkpoint every {r['checkpoint_every_before']} windows, nodes keeping 3 "
+             f"(peers) or 13 (validators) windows and 13 checkpoints. *Now*: a replay list, a checkpoint every "
+             f"{r['checkpoint_every']} windows, nodes keeping {r['checkpoint_every'] + 3} windows and 2 checkpoints. "
+             f"Checkpoints count per window (their size over the interval). {stamp(r)}.", "",
+             "| shape | peers | validator upload: now / before | validator download | validator disk: now / before "
+             "| peer upload | peer download | late peer, per replayed window: now / before | peer disk: now / before |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for shape, x in r["results"].items():
+        for peers, y in x["by_peers"].items():
+            lines.append(
+                f"| {shape} ({x['parameters'] / 1e6:,.0f}M) | {peers} | {_bytes(y['validator_upload_bytes_per_window'])} / "
+                f"{_bytes(y['validator_upload_bytes_per_window_before'])} ({y['validator_upload_ratio']:.1%}) | "
+                f"{_bytes(y['validator_download_bytes_per_window'])} | {_bytes(y['validator_stored_bytes'])} / "
+                f"{_bytes(y['validator_stored_bytes_before'])} | {_bytes(y['peer_upload_bytes_per_window'])} | "
+                f"{_bytes(y['peer_download_bytes_per_window'])} | "
+                f"{_bytes(y['late_peer_download_bytes_per_replayed_window'])} / "
+                f"{_bytes(y['late_peer_download_bytes_per_replayed_window_before'])} | "
+                f"{_bytes(y['peer_stored_bytes'])} / {_bytes(y['peer_stored_bytes_before'])} |")
+    if "goal_met" in r:
+        lines += ["", f"Goal ({r['goal']}): {'met' if r['goal_met'] else 'NOT met'} — "
+                      f"{_bytes(r['validator_upload_bytes_per_window'])} against "
+                      f"{_bytes(r['validator_upload_bytes_per_window_before'])}. Records and peer lists are kept "
+                      "(the audit trail): a validator's bucket grows by the record and the list each window."]
+    return lines + [""]
+
+
 def state_save_section() -> list[str]:
     r = load("state_save")
     if not r:
@@ -250,6 +291,11 @@ def glance(conv: dict | None) -> list[str]:
         x = sc["results"][big]
         lines.append(f"| scaling | validator time per window at {big} peers | {x['validator_max_s']:.1f} s "
                      f"(max) of a {sc['window_budget_s']:.0f} s window |")
+    if bw := load("bandwidth"):
+        if "goal_met" in bw:
+            lines.append(f"| bandwidth (1B, 256 peers) | validator upload per window, now / before | "
+                         f"{_bytes(bw['validator_upload_bytes_per_window'])} / "
+                         f"{_bytes(bw['validator_upload_bytes_per_window_before'])} |")
     if st := load("state_save"):
         lines.append(f"| local state ({st['model']}) | peak memory while saving / the tensors held | "
                      f"{st['peak_rss_mb']:,.0f} MB / {st['held_mb']:,.0f} MB ({st['peak_over_held']:.2f}×) |")
@@ -322,7 +368,7 @@ def render(plots: bool = True) -> str:
     lines += codec_section() + validator_section() + storage_section()
     if plots and (sc := load("scaling")):
         plot_scaling(sc)
-    lines += scaling_section() + sharded_section() + state_save_section() + adversaries_section() + validators_section()
+    lines += scaling_section() + sharded_section() + state_save_section() + bandwidth_section() + adversaries_section() + validators_section()
     return "\n".join(lines).rstrip() + "\n\n" + END
 
 

@@ -13,7 +13,7 @@ phase per step):
 4. the book update: penalties, moving averages, one OpenSkill match, final scores (one JSONL line
    per peer in ``scores.jsonl`` with every factor);
 5. the aggregate of the listed peers (the same rule every peer applies) and the outer step;
-   publish the aggregate, the peer list for ``w+1``, a checkpoint every N windows and the signed,
+   publish the replay list (the ids of the messages applied), the peer list for ``w+1``, a checkpoint every N windows and the signed,
    hash-chained window record; set weights on chain every K windows; save the state atomically.
 """
 

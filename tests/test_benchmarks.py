@@ -81,3 +81,24 @@ def test_state_save_benchmark_reports_peak_memory_and_held_bytes(tmp_path):
     assert {"peak_rss_mb", "held_mb", "load_peak_rss_mb", "before", "goal_met"} <= set(r)
     assert r["file_mb"] >= r["held_mb"]  # every held tensor is in the file
     assert r["peak_rss_mb"] >= r["runtime_mb"] and not list(tmp_path.iterdir())  # the temporary files are gone
+
+
+def test_bandwidth_benchmark_reports_each_nodes_bytes_and_the_validators_upload_before_and_now(tmp_path):
+    record = {"v": 1, "window": 3, "peers": {f"5P{i}": {"status": "present", "score": 0.1} for i in range(4)},
+              "aggregated": [f"5P{i}" for i in range(4)], "weights": {str(i): 0.25 for i in range(4)}}
+    (tmp_path / "record.json").write_text(json.dumps(record))
+    out = subprocess.run([sys.executable, "benchmarks/bandwidth.py", "--shapes", "tiny", "--peers", "8,30",
+                          "--vocab", "256", "--record", str(tmp_path / "record.json"), "--json", "--no-save"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    r = json.loads(out.stdout.splitlines()[0])
+    small, big = r["results"]["tiny"]["by_peers"]["8"], r["results"]["tiny"]["by_peers"]["30"]
+    size = r["results"]["tiny"]["objects"]
+    assert size["checkpoint"] > 4 * r["results"]["tiny"]["parameters"]  # fp32 and a header
+    # a validator gathers every message; a peer the top G and the reserves (20 + 5)
+    assert big["validator_download_bytes_per_window"] == 30 * (size["message"] + size["fingerprint"])
+    assert big["peer_download_bytes_per_window"] == 25 * size["message"] + big["peer_list"]
+    assert small["peer_download_bytes_per_window"] == 8 * size["message"] + small["peer_list"]
+    for x in (small, big):
+        assert x["validator_upload_bytes_per_window"] < x["validator_upload_bytes_per_window_before"]
+        assert x["late_peer_download_bytes_per_replayed_window_before"] == size["checkpoint"]
+    assert big["replay"] > small["replay"] and big["record_bytes"] > small["record_bytes"]

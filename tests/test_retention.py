@@ -1,4 +1,4 @@
-"""A node keeps the last K windows of what it publishes, and its last K checkpoints; records and peer
+"""A node keeps the last K windows of what it publishes, and its last 2 checkpoints; records and peer
 lists stay."""
 
 import pytest
@@ -35,18 +35,18 @@ def kinds_by_window(store):
 def test_a_restart_prunes_everything_older_and_each_window_then_one_more(tmp_path):
     store = FileStore(tmp_path)
     fill(store, range(10))
-    assert prune(store, RUN, ME, newest=9, retain=3, everything=True) == 3 * 7 + 2
+    assert prune(store, RUN, ME, newest=9, retain=3, everything=True) == 3 * 7 + 3
     left = kinds_by_window(store)
     assert left["message"] == left["fingerprint"] == left["replay"] == {7, 8, 9}
     assert left["record"] == set(range(10))  # the audit trail stays
     assert left["peer_list"] == set(range(10))  # a late list falls back to an earlier one: all must find it
-    assert left["checkpoint"] == {4, 6, 8}  # the last 3 checkpoints
+    assert left["checkpoint"] == {6, 8}  # the last 2 checkpoints
     assert len(store.list(keys.run_prefix("run-b"))) == 10
     assert all(store.head(keys.message(RUN, w, OTHER)) for w in range(10))
     fill(store, [10])
-    assert prune(store, RUN, ME, newest=10, retain=3) == 4  # window 7's three objects and checkpoint 4
+    assert prune(store, RUN, ME, newest=10, retain=3) == 4  # window 7's three objects and checkpoint 6
     left = kinds_by_window(store)
-    assert left["message"] == {8, 9, 10} and left["checkpoint"] == {6, 8, 10}
+    assert left["message"] == {8, 9, 10} and left["checkpoint"] == {8, 10}
 
 
 def test_nodes_keep_a_checkpoint_interval_and_three_windows_or_everything():

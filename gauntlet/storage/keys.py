@@ -8,7 +8,7 @@ kind                  key                                                 writte
 ====================  ==================================================  ==========
 message               runs/R/windows/W/messages/HOTKEY.safetensors        peer
 fingerprint           runs/R/windows/W/fingerprints/HOTKEY.json           peer
-aggregate             runs/R/windows/W/aggregate.safetensors              validator
+replay                runs/R/windows/W/replay.json                        validator
 peer_list             runs/R/windows/W/peers.json                         validator
 record                runs/R/windows/W/record.json                        validator
 checkpoint            runs/R/checkpoints/W.safetensors                    validator

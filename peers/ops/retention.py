@@ -5,8 +5,9 @@ messages made the window's aggregate), the next peer list and (every ``checkpoin
 checkpoint. Left alone (``--retain 0``, the default, which a network without validators needs for late
 joiners) they fill the bucket: a ``1B`` peer's messages are about 20 MB a window. With ``--retain K`` a
 node keeps the last K windows of them — enough for a peer that was away to load the validator's
-latest checkpoint and replay every window since from the listed messages — and its last K
-checkpoints; the signed window
+latest checkpoint and replay every window since from the listed messages — and its last
+``CHECKPOINTS_KEPT`` checkpoints (the newest, and the one before while a late peer may still be
+reading it); the signed window
 records (a few kB each, the audit trail) and peer lists (about 1.5 kB each; a node whose window's
 list is late looks back for the most recent one in time, and all must find the same) are never
 deleted. Deletions go in batches (S3's ``DeleteObjects``, 1,000 keys a request) and each removes one
@@ -24,6 +25,7 @@ from gauntlet.storage import ObjectStore, keys
 log = logging.getLogger("gauntlet.retention")
 PRUNED_KINDS = ("message", "fingerprint", "replay")
 MIN_RETAIN = 3  # windows kept beyond a checkpoint interval: the window being replayed and two more
+CHECKPOINTS_KEPT = 2
 
 
 def check_retain(retain: int, role: str = "peer", checkpoint_every: int = 25) -> int:
@@ -42,11 +44,11 @@ def check_retain(retain: int, role: str = "peer", checkpoint_every: int = 25) ->
 
 def expired(parsed: list[tuple[str, keys.ParsedKey]], run: str, hotkey: str, newest: int, retain: int) -> list[str]:
     """Keys (with their parsed form) that fall out of the last ``retain`` windows ending at ``newest``,
-    and the checkpoints beyond the newest ``retain``. Only this node's own objects of this run."""
+    and the checkpoints beyond the newest ``CHECKPOINTS_KEPT``. Only this node's own objects of this run."""
     out = [k for k, p in parsed if p.run == run and p.kind in PRUNED_KINDS and p.window <= newest - retain
            and (p.hotkey is None or p.hotkey == hotkey)]
     checkpoints = sorted((p.window, k) for k, p in parsed if p.run == run and p.kind == "checkpoint")
-    return out + [k for _, k in checkpoints[:-retain]] if len(checkpoints) > retain else out
+    return out + [k for _, k in checkpoints[:-CHECKPOINTS_KEPT]] if len(checkpoints) > CHECKPOINTS_KEPT else out
 
 
 def prune(store: ObjectStore, run: str, hotkey: str, newest: int, retain: int, everything: bool = False) -> int:
