@@ -233,11 +233,36 @@ class Peer(Node):
         self.metrics.val_loss.set(val)
         self.metrics.bucket_window_bytes.set(facts.get("bytes_sent", 0) + published)
         self.prune(window)
+        facts.update(self._standing(window))
         self.metrics.finished(window)
         self._log_window(window, result, facts, val, fingerprint, follows_network)
         every = self.opts.export_every
         if self.opts.export_hf and (window == self.opts.stop_after_window or (every and (window + 1) % every == 0)):
             self.export(window)
+
+    def _standing(self, window: int) -> dict:
+        """Where this peer stands: its final score in the followed validator's record of the previous
+        window (the current one may not be out yet), and its incentive and emission at the chain's last
+        epoch. Gauges and metrics-line fields; nothing when they cannot be read (never an error)."""
+        out: dict = {}
+        try:
+            record = self.feed.record(window - 1) if window > 0 else None
+        except StorageError:
+            record = None
+        mine = (record or {}).get("peers", {}).get(self.identity.hotkey)
+        if isinstance(mine, dict) and isinstance(mine.get("final"), (int, float)):
+            out["score"] = float(mine["final"])
+            self.metrics.own_score.set(out["score"])
+        try:
+            payout = next((p for p in self.chain.payouts() if p.hotkey == self.identity.hotkey), None)
+        except ChainError as exc:
+            log.debug("window %d: cannot read the chain's payouts: %s", window, exc)
+            payout = None
+        if payout is not None:
+            out.update(incentive=payout.incentive, emission=payout.emission)
+            self.metrics.incentive.set(payout.incentive)
+            self.metrics.emission.set(payout.emission)
+        return out
 
     def _publish_fingerprint(self, window: int) -> tuple[str, int]:
         """Put the weights' fingerprint and weight sample in this peer's bucket (validators read the

@@ -118,6 +118,15 @@ def test_when_the_leader_stops_every_node_follows_the_next_validator_by_stake(tm
     assert listed and listed[0] <= 4 and listed == list(range(listed[0], 8)), listed
     assert not adversaries & {h for w in listed for line in lines.values() for h in line[w]["gathered"]}
     assert net.validator.identity.hotkey == b  # the leader now
+    # each peer reports where it stands: its final score in the followed validator's previous record,
+    # its incentive and emission at the chain's last epoch
+    payouts = {p.hotkey: p for p in net.chain.payouts()}
+    for name, by_window in lines.items():
+        hotkey = node_identity(cfg.seed, name).hotkey
+        assert all(by_window[w]["score"] == records[w - 1]["peers"][hotkey]["final"] for w in range(1, 8))
+        assert (by_window[7]["incentive"], by_window[7]["emission"]) == (payouts[hotkey].incentive,
+                                                                          payouts[hotkey].emission)
+        assert by_window[7]["incentive"] > 0
     # the lazy validator published nothing (no card): nobody ever tried to follow it
     lazy = node_identity(cfg.seed, "validator-lazy").hotkey
     assert lazy not in net.chain.commitments() and net.chain.weights()

@@ -5,23 +5,26 @@ to the next one by stake when its list does not come in time."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import torch
 
-from gauntlet.errors import InvalidMessage, ObjectNotFound, StorageError
+from gauntlet.errors import InvalidMessage, ObjectNotFound, SignatureError, StorageError
 from gauntlet.storage import ObjectStore, keys
 from peers.network.artefacts import decode_artefact
 from peers.network.directory import Directory
 from peers.network.peer_list import MAX_BYTES as PEER_LIST_MAX_BYTES
 from peers.network.peer_list import LOOKBACK, ListChoice, PeerList, choose_list, decode_peer_list
 from peers.network.replay import MAX_BYTES as REPLAY_MAX_BYTES
+from peers.network.records import verify_chain
 from peers.network.replay import ReplayList, decode_replay
 
 log = logging.getLogger("gauntlet.node")
 Source = tuple[str, ObjectStore]  # a validator's hotkey and its store
+RECORD_MAX_BYTES = 16 << 20  # a window record: about 0.35 kB per peer
 
 
 class ValidatorFeed:
@@ -113,6 +116,22 @@ class ValidatorFeed:
                 continue
             except (StorageError, InvalidMessage) as exc:
                 log.warning("window %d: unusable replay list from validator %s: %s", window, hotkey[:12], exc)
+        return None
+
+    def record(self, window: int) -> dict | None:
+        """The window record of the first validator in stake order that has a usable one (None: none)."""
+        for hotkey, store in self.sources():
+            try:
+                data = store.get(keys.record(self.run, window), max_bytes=RECORD_MAX_BYTES)
+                verify_chain([data], {hotkey})
+                record = json.loads(data)
+            except ObjectNotFound:
+                continue
+            except (StorageError, InvalidMessage, SignatureError, ValueError) as exc:
+                log.debug("window %d: unusable record from validator %s: %s", window, hotkey[:12], exc)
+                continue
+            if record.get("run") == self.run_hash and record.get("window") == window:
+                return record
         return None
 
     def checkpoints(self, source: Source) -> list[int]:

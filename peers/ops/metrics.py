@@ -49,6 +49,12 @@ class NodeMetrics:
                            registry=r)
         self.weight = Gauge("gauntlet_peer_weight", "Weight last set for each peer (validator)", ["hotkey"],
                             registry=r)
+        self.own_score = Gauge("gauntlet_own_final_score", "This peer's final score in the followed validator's "
+                               "latest window record (peer)", registry=r)
+        self.incentive = Gauge("gauntlet_incentive", "This node's incentive at the chain's last epoch: its share "
+                               "of the miners' emission, 0..1", registry=r)
+        self.emission = Gauge("gauntlet_emission", "Paid to this node at the chain's last epoch (the chain's "
+                              "smallest unit)", registry=r)
         self.set_phase("starting")
         self.done = -1  # the last finished window
         self.sink: Callable[[int, dict[str, float]], None] | None = None  # e.g. WandbSink.log
@@ -58,7 +64,8 @@ class NodeMetrics:
 
     SCALARS = ("gauntlet_validation_loss", "gauntlet_upload_bytes", "gauntlet_upload_seconds",
                "gauntlet_outer_step_seconds", "gauntlet_state_save_seconds", "gauntlet_state_bytes",
-               "gauntlet_window_seconds", "gauntlet_chain_window", "gauntlet_bucket_window_bytes")
+               "gauntlet_window_seconds", "gauntlet_chain_window", "gauntlet_bucket_window_bytes",
+               "gauntlet_own_final_score", "gauntlet_incentive", "gauntlet_emission")
 
     def finished(self, window: int, seconds: float | None = None) -> None:
         """A window is done: the health check and any sink (Weights & Biases) see it."""
