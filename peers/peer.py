@@ -252,7 +252,7 @@ class Peer(Node):
         mine = (record or {}).get("peers", {}).get(self.identity.hotkey)
         if isinstance(mine, dict) and isinstance(mine.get("final"), (int, float)):
             out["score"] = float(mine["final"])
-            self.metrics.own_score.set(out["score"])
+            self.metrics.set_standing(own_final_score=out["score"])
         try:
             payout = next((p for p in self.chain.payouts() if p.hotkey == self.identity.hotkey), None)
         except ChainError as exc:
@@ -260,8 +260,7 @@ class Peer(Node):
             payout = None
         if payout is not None:
             out.update(incentive=payout.incentive, emission=payout.emission)
-            self.metrics.incentive.set(payout.incentive)
-            self.metrics.emission.set(payout.emission)
+            self.metrics.set_standing(incentive=payout.incentive, emission=payout.emission)
         return out
 
     def _publish_fingerprint(self, window: int) -> tuple[str, int]:

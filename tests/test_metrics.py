@@ -59,6 +59,11 @@ def test_metrics_and_health_endpoints_say_whether_the_node_keeps_up():
         assert seen[0] == (3, {"validation_loss": 3.25, "upload_bytes": 0.0, "upload_seconds": 0.0,
                                "outer_step_seconds": 0.0, "state_save_seconds": 0.0, "state_bytes": 0.0,
                                "window_seconds": 12.5, "chain_window": 0.0, "bucket_window_bytes": 0.0})
+        metrics.set_standing(own_final_score=0.25, incentive=0.5, emission=1000)  # a peer's, once read
+        metrics.finished(9)
+        assert {k: v for k, v in seen[-1][1].items() if k in ("own_final_score", "incentive", "emission")} == \
+            {"own_final_score": 0.25, "incentive": 0.5, "emission": 1000.0}
+        assert sample(get(server.port, "/metrics")[1], "gauntlet_incentive") == 0.5
     finally:
         server.close()
 

@@ -15,17 +15,17 @@ decide which list governs a window when the window's own list is late or missing
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from gauntlet.errors import InvalidMessage, SignatureError
-from gauntlet.identity import Identity, verify_signature
+from gauntlet.errors import InvalidMessage
+from gauntlet.identity import Identity
+from peers.network import signed_json
 
 PREFIX = b"gauntlet-peer-list-v1:"
 MAX_BYTES = 1 << 20
 LOOKBACK = 32  # windows a node looks back for the most recent list that was in time
+_FIELDS = {"v", "run", "window", "hotkey", "open", "peers", "reserves", "signature"}
 
 
 @dataclass(frozen=True)
@@ -37,46 +37,22 @@ class PeerList:
     open: bool = False  # nobody named yet: every valid message counts
 
 
-def _canonical(body: dict) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
 def encode_peer_list(window: int, peers: Sequence[str], reserves: Sequence[str], *, run: str,
                      signer: Identity, open: bool = False) -> bytes:
     if open and (peers or reserves):
         raise ValueError("an open peer list names nobody")
-    body = {"v": 1, "run": run, "window": int(window), "hotkey": signer.hotkey, "open": bool(open),
-            "peers": list(peers), "reserves": list(reserves)}
-    signature = signer.sign(PREFIX + hashlib.sha256(_canonical(body)).digest()).hex()
-    return _canonical({**body, "signature": signature})
+    return signed_json.sign({"v": 1, "run": run, "window": int(window), "hotkey": signer.hotkey, "open": bool(open),
+                             "peers": list(peers), "reserves": list(reserves)}, PREFIX, signer)
 
 
 def decode_peer_list(data: bytes, *, run: str, window: int, trusted: Collection[str]) -> PeerList:
-    if len(data) > MAX_BYTES:
-        raise InvalidMessage("peer list is too large")
-    try:
-        body = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise InvalidMessage("peer list is not JSON") from None
-    if not isinstance(body, dict) or set(body) != {"v", "run", "window", "hotkey", "open", "peers", "reserves",
-                                                   "signature"}:
-        raise InvalidMessage("peer list has the wrong fields")
-    if body["v"] != 1 or body["run"] != run or body["window"] != window:
-        raise InvalidMessage(f"peer list is for run {body['run']} window {body['window']}")
+    body = signed_json.load(data, what="peer list", fields=_FIELDS, max_bytes=MAX_BYTES, run=run, window=window)
     lists = (body["peers"], body["reserves"])
     if not all(isinstance(x, list) and all(isinstance(h, str) for h in x) for x in lists):
         raise InvalidMessage("peer list entries must be hotkey strings")
     if not isinstance(body["open"], bool) or (body["open"] and (body["peers"] or body["reserves"])):
         raise InvalidMessage("an open peer list names nobody")
-    if body["hotkey"] not in trusted:
-        raise SignatureError(f"peer list signed by {body['hotkey']}, who is not a trusted validator")
-    signature = body.pop("signature")
-    try:
-        sig = bytes.fromhex(signature)
-    except (TypeError, ValueError):
-        raise SignatureError("peer list signature is not hex") from None
-    if not verify_signature(body["hotkey"], PREFIX + hashlib.sha256(_canonical(body)).digest(), sig):
-        raise SignatureError("peer list signature does not verify")
+    signed_json.verify(body, PREFIX, trusted, "peer list")
     return PeerList(window, body["hotkey"], tuple(body["peers"]), tuple(body["reserves"]), body["open"])
 
 

@@ -13,16 +13,13 @@ import json
 
 from gauntlet.errors import InvalidMessage, SignatureError
 from gauntlet.identity import Identity, verify_signature
+from peers.network.signed_json import canonical
 
 PREFIX = b"gauntlet-record-v1:"
 
 
-def _canonical(body: dict) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
 def record_hash(body: dict) -> str:
-    return hashlib.sha256(_canonical({k: v for k, v in body.items() if k != "signature"})).hexdigest()
+    return hashlib.sha256(canonical({k: v for k, v in body.items() if k != "signature"})).hexdigest()
 
 
 def seal(body: dict, prev: str, signer: Identity) -> tuple[bytes, str]:
@@ -30,7 +27,7 @@ def seal(body: dict, prev: str, signer: Identity) -> tuple[bytes, str]:
     body = {**body, "prev": prev, "validator": signer.hotkey}
     digest = record_hash(body)
     signed = {**body, "signature": signer.sign(PREFIX + bytes.fromhex(digest)).hex()}
-    return _canonical(signed), digest
+    return canonical(signed), digest
 
 
 def verify_chain(records: list[bytes], trusted: set[str]) -> str:

@@ -16,15 +16,14 @@ signed header, which holds the sha256 of its data: the id pins every byte of the
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from gauntlet.errors import InvalidMessage, SignatureError, StorageError
-from gauntlet.identity import Identity, verify_signature
+from gauntlet.errors import InvalidMessage, StorageError
+from gauntlet.identity import Identity
 from gauntlet.sparseloco.wire import SIGNING_PREFIX
+from peers.network import signed_json
 
 PREFIX = b"gauntlet-replay-v1:"
 MAX_BYTES = 4 << 20  # 256 peers take ~30 kB
@@ -51,30 +50,15 @@ def message_id(message) -> str:
     return bytes(message.digest[len(SIGNING_PREFIX):]).hex()
 
 
-def _canonical(body: dict) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
 def encode_replay(window: int, messages: Sequence[tuple[str, str]], fingerprint: str, *, run: str,
                   signer: Identity) -> bytes:
-    body = {"v": 1, "run": run, "window": int(window), "hotkey": signer.hotkey, "fingerprint": fingerprint,
-            "messages": [[h, m] for h, m in messages]}
-    signature = signer.sign(PREFIX + hashlib.sha256(_canonical(body)).digest()).hex()
-    return _canonical({**body, "signature": signature})
+    return signed_json.sign({"v": 1, "run": run, "window": int(window), "hotkey": signer.hotkey,
+                             "fingerprint": fingerprint, "messages": [[h, m] for h, m in messages]}, PREFIX, signer)
 
 
 def decode_replay(data: bytes, *, run: str, window: int, trusted: Collection[str]) -> ReplayList:
     """A checked replay list; InvalidMessage / SignatureError otherwise."""
-    if len(data) > MAX_BYTES:
-        raise InvalidMessage("replay list is too large")
-    try:
-        body = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise InvalidMessage("replay list is not JSON") from None
-    if not isinstance(body, dict) or set(body) != _FIELDS:
-        raise InvalidMessage("replay list has the wrong fields")
-    if body["v"] != 1 or body["run"] != run or body["window"] != window:
-        raise InvalidMessage(f"replay list is for run {body['run']} window {body['window']}")
+    body = signed_json.load(data, what="replay list", fields=_FIELDS, max_bytes=MAX_BYTES, run=run, window=window)
     entries = body["messages"]
     if not isinstance(entries, list) or not all(
             isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], str)
@@ -85,12 +69,5 @@ def decode_replay(data: bytes, *, run: str, window: int, trusted: Collection[str
         raise InvalidMessage("replay list must name each hotkey once, in order")
     if not isinstance(body["fingerprint"], str):
         raise InvalidMessage("replay list fingerprint must be a string")
-    if body["hotkey"] not in trusted:
-        raise SignatureError(f"replay list signed by {body['hotkey']}, who is not a trusted validator")
-    try:
-        sig = bytes.fromhex(body.pop("signature"))
-    except (TypeError, ValueError):
-        raise SignatureError("replay list signature is not hex") from None
-    if not verify_signature(body["hotkey"], PREFIX + hashlib.sha256(_canonical(body)).digest(), sig):
-        raise SignatureError("replay list signature does not verify")
+    signed_json.verify(body, PREFIX, trusted, "replay list")
     return ReplayList(window, body["hotkey"], tuple((h, m) for h, m in entries), body["fingerprint"])

@@ -55,6 +55,7 @@ class NodeMetrics:
                                "of the miners' emission, 0..1", registry=r)
         self.emission = Gauge("gauntlet_emission", "Paid to this node at the chain's last epoch (the chain's "
                               "smallest unit)", registry=r)
+        self.standing: set[str] = set()  # which of a peer's own score, incentive, emission have been read
         self.set_phase("starting")
         self.done = -1  # the last finished window
         self.sink: Callable[[int, dict[str, float]], None] | None = None  # e.g. WandbSink.log
@@ -64,8 +65,8 @@ class NodeMetrics:
 
     SCALARS = ("gauntlet_validation_loss", "gauntlet_upload_bytes", "gauntlet_upload_seconds",
                "gauntlet_outer_step_seconds", "gauntlet_state_save_seconds", "gauntlet_state_bytes",
-               "gauntlet_window_seconds", "gauntlet_chain_window", "gauntlet_bucket_window_bytes",
-               "gauntlet_own_final_score", "gauntlet_incentive", "gauntlet_emission")
+               "gauntlet_window_seconds", "gauntlet_chain_window", "gauntlet_bucket_window_bytes")
+
 
     def finished(self, window: int, seconds: float | None = None) -> None:
         """A window is done: the health check and any sink (Weights & Biases) see it."""
@@ -79,11 +80,19 @@ class NodeMetrics:
     def scalars(self) -> dict[str, float]:
         """The current value of every single-valued metric (name without the prefix)."""
         out = {}
-        for name in self.SCALARS:
+        for name in self.SCALARS + tuple(sorted(self.standing)):
             value = self.registry.get_sample_value(name)
             if value is not None:
                 out[name.removeprefix("gauntlet_")] = value
         return out
+
+    def set_standing(self, **values: float) -> None:
+        """A peer's own score, incentive or emission (keyword: own_final_score, incentive, emission),
+        once read; reported to sinks from then on."""
+        gauges = {"own_final_score": self.own_score, "incentive": self.incentive, "emission": self.emission}
+        for name, value in values.items():
+            gauges[name].set(value)
+            self.standing.add(f"gauntlet_{name}")
 
     def set_phase(self, phase: str) -> None:
         for p in PHASES:
