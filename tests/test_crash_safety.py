@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["inner.steps=4", "train.batch_size=4", "data.seq_len=64", "inner.warmup_steps=2", "inner.lr=3e-3",
             "timing.blocks_per_window=10", "timing.upload_slot_s=20", "model.device=cpu", "train.eval_batches=1",
             "validator.checkpoint_every=2", "validator.weights_every=1"]
-WINDOWS = 6
-KILLS = 4  # after windows 0..3 have been recorded, at random points of the window that follows
+WINDOWS = 5
+KILLS = 3  # after windows 0..2 have been recorded, at random points of the window that follows
 # The child: open (or reopen) the lockstep network and run it to WINDOWS windows, whatever it finds on disk.
 CHILD = """
 import sys

@@ -107,7 +107,7 @@ def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_pat
     for store in buckets:
         store.create_bucket()
     summary = simulate(tmp_path / "live", data_dir, "--mode", "live", "--honest", "2", "--adversary", "noise",
-                       "--adversary", "custom_adversary:Crasher", "--windows", "5",
+                       "--adversary", "custom_adversary:Crasher", "--windows", "4",
                        "--storage", f"s3://sec-{tag}-{{name}}?endpoint_url={endpoint}&region=us-east-1",
                        "--set", "timing.blocks_per_window=12")  # 4 nodes: 12-second windows suffice
     assert_no_write_key_leaked(tmp_path / "live", buckets, {"write key id": write_key.encode(),
@@ -119,11 +119,11 @@ def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_pat
     assert min(ordinals["honest-0"], ordinals["honest-1"]) > max(ordinals["noise"], ordinals["crasher"])
     assert weights["noise"] == weights["crasher"] == 0.0  # whatever weight is set goes to the honest peers
     assert summary["honest_weight_share"] == pytest.approx(1.0 if any(weights.values()) else 0.0)
-    # the weights shown are those the validator set at the last window (5 windows, weights every 2)
-    record = next(o.key for o in buckets[0].list() if o.key.endswith("0000000004/record.json"))
+    # the weights shown are those the validator set at the last window (4 windows, weights every 2)
+    record = next(o.key for o in buckets[0].list() if o.key.endswith("0000000003/record.json"))
     last = json.loads(buckets[0].get(record))
-    assert last["weights"] and "set after window 4" in (tmp_path / "live" / "report.md").read_text()
-    # and only peers with a positive final score beside them have weight. (After 5 windows an honest
+    assert last["weights"] and "set after window 3" in (tmp_path / "live" / "report.md").read_text()
+    # and only peers with a positive final score beside them have weight. (After 4 windows an honest
     # peer's final score may still be 0: its uniqueness average starts at 0 and moves by 0.05 a window,
     # and on this tiny model its own-data gain is often within noise of its random-data gain.)
     finals = {p["name"]: p["final_score"] for p in summary["peers"]}
