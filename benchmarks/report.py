@@ -236,7 +236,11 @@ def state_save_section() -> list[str]:
             f"{b['bytes_object_peak_rss_mb']:,.0f} MB | | {b['bytes_object_above_before_mb']:,.0f} MB | "
             f"{b['bytes_object_s']:.1f} |",
             f"| the same weights, streamed | {b['streamed_peak_rss_mb']:,.0f} MB | | "
-            f"{b['streamed_above_before_mb']:,.0f} MB | {b['streamed_s']:.1f} |", ""]
+            f"{b['streamed_above_before_mb']:,.0f} MB | {b['streamed_s']:.1f} |"] + ([
+            f"| a validator's checkpoint of them, built in memory (before) | | | "
+            f"{b['checkpoint_in_memory_above_before_mb']:,.0f} MB | {b['checkpoint_in_memory_s']:.1f} |",
+            f"| the same checkpoint written to a file (now) | | | {b['checkpoint_to_file_above_before_mb']:,.0f} MB | "
+            f"{b['checkpoint_to_file_s']:.1f} |"] if "checkpoint_to_file_s" in b else []) + [""]
 
 
 def plot_scaling(r: dict) -> None:

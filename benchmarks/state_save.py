@@ -13,7 +13,8 @@ peak resident memory during the save, VmHWM restarted just before it; it include
 and torch, ``runtime_mb``), ``peak_over_held``, ``save_above_before_mb`` (the peak less the resident memory just before the
 save), the same for the restore, seconds and the file size.
 ``before``: the weights alone (a validator's state) saved the way nodes did before — the whole file
-built as one ``bytes`` object, then written — next to the streamed save of the same tensors.
+built as one ``bytes`` object, then written — next to the streamed save of the same tensors; and a
+validator's signed checkpoint of them, built in memory as before and written to a file as now.
 """
 
 from __future__ import annotations
@@ -81,6 +82,22 @@ def save_as_bytes(path: Path, tensors: dict, meta: dict) -> None:
     write_atomic(path, safetensors.torch.save(tensors, metadata=meta))
 
 
+def checkpoint_in_memory(weights: dict) -> None:
+    """The earlier checkpoint: the signed artefact built as bytes (then uploaded from memory)."""
+    from gauntlet.identity import Identity
+    from peers.network.artefacts import encode_artefact
+
+    encode_artefact("checkpoint", weights, run="bench", window=0, signer=Identity.from_seed("bench"))
+
+
+def checkpoint_to_file(path: Path, weights: dict) -> None:
+    """The checkpoint as validators write it now: to a file, tensor by tensor (then uploaded from it)."""
+    from gauntlet.identity import Identity
+    from peers.network.artefacts import write_artefact
+
+    write_artefact(path, "checkpoint", weights, run="bench", window=0, signer=Identity.from_seed("bench"))
+
+
 def main() -> None:
     ap = parser(__doc__, "state_save")
     ap.add_argument("--model", default="1B", help="model preset (default 1B)")
@@ -113,6 +130,9 @@ def main() -> None:
         weights_mb = nbytes(weights.values()) / MB
         bytes_peak, bytes_extra, bytes_s = measured(lambda: save_as_bytes(Path(tmp) / "v-bytes.safetensors", weights, meta))
         stream_peak, stream_extra, stream_s = measured(lambda: save_atomic(Path(tmp) / "v.safetensors", weights, meta))
+        log("a validator's checkpoint of the same weights: built in memory, and written to a file ...")
+        ckpt_mem_peak, ckpt_mem_extra, ckpt_mem_s = measured(partial(checkpoint_in_memory, weights))
+        ckpt_peak, ckpt_extra, ckpt_s = measured(partial(checkpoint_to_file, Path(tmp) / "ckpt", weights))
     finish({
         "model": args.model, "parameters": sum(p.numel() for p in model.parameters()),
         "held_mb": round(held / MB, 1), "runtime_mb": round(runtime, 1),
@@ -124,7 +144,10 @@ def main() -> None:
         "before": {"state": "weights only (a validator's)", "held_mb": round(weights_mb, 1),
                    "bytes_object_peak_rss_mb": round(bytes_peak, 1), "bytes_object_above_before_mb": round(bytes_extra, 1),
                    "bytes_object_s": round(bytes_s, 2),
-                   "streamed_peak_rss_mb": round(stream_peak, 1), "streamed_above_before_mb": round(stream_extra, 1), "streamed_s": round(stream_s, 2)},
+                   "streamed_peak_rss_mb": round(stream_peak, 1), "streamed_above_before_mb": round(stream_extra, 1), "streamed_s": round(stream_s, 2),
+                   "checkpoint_in_memory_above_before_mb": round(ckpt_mem_extra, 1),
+                   "checkpoint_in_memory_s": round(ckpt_mem_s, 2),
+                   "checkpoint_to_file_above_before_mb": round(ckpt_extra, 1), "checkpoint_to_file_s": round(ckpt_s, 2)},
         "goal": "peak_rss_mb <= 1.2 x held_mb", "goal_met": save_peak <= 1.2 * held / MB,
     }, args)
 

@@ -43,7 +43,7 @@ from gauntlet.storage import BucketCard, ObjectStore, keys
 from gauntlet.uniqueness import CopyFinding, find_copies, own_eval_indices
 from gauntlet.uniqueness.copying import pair_stats
 from gauntlet.uniqueness.sampled import draw_sample, sample_seed
-from peers.network.artefacts import encode_artefact
+from peers.network.artefacts import write_artefact
 from peers.network.replay import encode_replay, message_id
 from peers.network.directory import NetworkView
 from peers.network.gather import GatherResult
@@ -313,10 +313,19 @@ class Validator(Node):
                 "weights": {str(u): w for u, w in (ev.weights or {}).items()}, "durations": dict(ev.durations)}
 
     def _publish_checkpoint(self, ev: Evaluation) -> None:
-        if (ev.window + 1) % self.cfg.validator.checkpoint_every == 0:
-            self._publish(ev, keys.checkpoint(self.run, ev.window), encode_artefact(
-                "checkpoint", self.engine.state.full_state(), run=self.run_hash, window=ev.window,
-                signer=self.identity))
+        """Every ``checkpoint_every`` windows: the whole weights, written to a local file tensor by
+        tensor and uploaded from it (no copy of the checkpoint in memory)."""
+        if (ev.window + 1) % self.cfg.validator.checkpoint_every:
+            return
+        key, path = keys.checkpoint(self.run, ev.window), self.opts.run_dir / ".checkpoint.partial"
+        try:
+            ev.published_bytes += write_artefact(path, "checkpoint", self.engine.state.full_state(),
+                                                 run=self.run_hash, window=ev.window, signer=self.identity)
+            self.store.put_file(key, path)
+        except (StorageError, OSError) as exc:
+            log.error("could not publish %s: %s", key, exc)
+        finally:
+            path.unlink(missing_ok=True)
 
     def _publish_record(self, ev: Evaluation) -> dict:
         """The signed window record, hash-chained to the previous one (its head committed on chain at

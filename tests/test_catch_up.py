@@ -154,3 +154,21 @@ def test_hub_push_retries_transient_failures_then_gives_up(tmp_path):
 
     with pytest.raises(TimeoutError):
         push_to_hub(tmp_path, "me/model", upload=down, attempts=2, backoff_s=0.001)
+
+
+def test_a_checkpoint_written_to_a_file_is_the_artefact_encode_builds_in_memory(tmp_path):
+    from peers.network.artefacts import write_artefact
+    from wire_helpers import split
+
+    tensors = {"a.weight": torch.randn(40, 30), "b": torch.randn(7), "c": torch.randn(3, 2).bfloat16()}
+    spec = {n: tuple(t.shape) for n, t in tensors.items()}
+    size = write_artefact(tmp_path / "ckpt", "checkpoint", tensors, run="r", window=5, signer=VALIDATOR)
+    data = (tmp_path / "ckpt").read_bytes()
+    assert size == len(data)
+    window, loaded = decode_artefact(data, kind="checkpoint", run="r", window=5, trusted={VALIDATOR.hotkey},
+                                     spec=spec, max_bytes=1 << 20)
+    assert window == 5 and all(torch.equal(loaded[n], tensors[n]) for n in tensors)
+    in_memory = encode_artefact("checkpoint", tensors, run="r", window=5, signer=VALIDATOR)
+    (head, payload), (head2, payload2) = split(data), split(in_memory)
+    assert payload == payload2 and len(data) == len(in_memory)
+    assert head["__metadata__"]["gauntlet-artefact"] == head2["__metadata__"]["gauntlet-artefact"]

@@ -228,3 +228,14 @@ def test_large_downloads_come_in_byte_ranges_and_a_broken_range_is_fetched_again
     assert fault_proxy.requests["GET"] == 4
     with pytest.raises(ObjectTooLarge):
         store.get("large", max_bytes=len(data) - 1)
+
+
+def test_put_file_stores_a_local_files_bytes_and_a_read_only_store_refuses_it(store, tmp_path):
+    source = tmp_path / "local.bin"
+    source.write_bytes(bytes(range(256)) * 1000)
+    store.put_file("runs/r/checkpoints/big.bin", source)
+    assert store.get("runs/r/checkpoints/big.bin", max_bytes=256_000) == source.read_bytes()
+    ro = FileStore(store.root, read_only=True) if isinstance(store, FileStore) else S3Store(
+        store.bucket, endpoint_url=store.endpoint_url, region="us-east-1", read_only=True)
+    with pytest.raises(AccessDenied):
+        ro.put_file("k", source)

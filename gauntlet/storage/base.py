@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +41,10 @@ class ObjectStore(Protocol):
     time_resolution: float  # seconds: S3 reports LastModified truncated to whole seconds
 
     def put(self, key: str, data: bytes) -> None: ...
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Like ``put`` with the bytes of a local file, read as they are sent (large objects)."""
+        ...
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes: ...
 

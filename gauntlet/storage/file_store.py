@@ -8,6 +8,7 @@ at once and a reader never sees a partial object. ``last_modified`` is the file'
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,13 +41,20 @@ class FileStore:
             raise AccessDenied(f"{self.url} is opened read-only")
 
     def put(self, key: str, data: bytes) -> None:
+        self._store(key, lambda fh: fh.write(data))
+
+    def put_file(self, key: str, source: Path) -> None:
+        self._store(key, lambda fh: _copy_from(source, fh))
+
+    def _store(self, key: str, write) -> None:
+        """Write through ``write(file)`` to a temporary file, fsync it, rename it over the key."""
         self._writable()
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
             with open(tmp, "wb") as fh:
-                fh.write(data)
+                write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             if self.clock is not None:
@@ -117,3 +125,8 @@ class FileStore:
         """Delete each key (one unlink each: a file system has no batch)."""
         for key in keys:
             self.delete(key)
+
+
+def _copy_from(source: Path, fh) -> None:
+    with open(source, "rb") as src:
+        shutil.copyfileobj(src, fh, 16 << 20)

@@ -23,6 +23,7 @@ import io
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
@@ -177,6 +178,18 @@ class S3Store:
             return
         self._call(f"put {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                                                  Metadata={"sha256": digest}))
+
+    def put_file(self, key: str, path: Path) -> None:
+        """A local file through boto3's managed upload (parts in parallel above the threshold), its
+        SHA-256 computed by reading it once."""
+        self._writable()
+        check_key(key)
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_STREAM_CHUNK * 16):
+                digest.update(chunk)
+        self._call(f"upload {key}", lambda: self.client.upload_file(
+            str(path), self.bucket, key, ExtraArgs={"Metadata": {"sha256": digest.hexdigest()}}, Config=self.transfer))
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         return self.read(key, max_bytes)[0]

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Collection, Mapping
+from pathlib import Path
 
 import safetensors.torch
 import torch
@@ -38,12 +40,50 @@ def encode_artefact(kind: str, tensors: Mapping[str, torch.Tensor], *, run: str,
     cpu = {n: t.detach().cpu().contiguous() for n, t in sorted(tensors.items())}
     body = safetensors.torch.save(cpu)
     _, start = container.read_header(body, 1 << 30)
-    header = {"v": 1, "kind": kind, "run": run, "window": int(window), "hotkey": signer.hotkey,
-              "tensors": [[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for n, t in cpu.items()],
-              "payload_sha256": hashlib.sha256(body[start:]).hexdigest()}
-    header_json = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    header_json = _header_json(kind, cpu, run, window, signer, hashlib.sha256(body[start:]).hexdigest())
     metadata = {"gauntlet-artefact": header_json, "signature": signer.sign(_digest(header_json)).hex()}
     return safetensors.torch.save(cpu, metadata=metadata)
+
+
+_HASH_SLOT, _SIGNATURE_SLOT = "0" * 64, "f" * 128  # filled in place once the data is written
+
+
+def write_artefact(path: Path, kind: str, tensors: Mapping[str, torch.Tensor], *, run: str, window: int,
+                   signer: Identity) -> int:
+    """:func:`encode_artefact` written to ``path`` without a copy of the file in memory: the tensors
+    go to disk from their own memory (one host copy of each when they live on a GPU), the data
+    section's hash is read back in chunks, and the hash and signature are written over placeholders
+    of the same length. Returns the file's size."""
+    if kind not in KINDS:
+        raise ValueError(f"artefact kind must be one of {KINDS}")
+    cpu = {n: t.detach().cpu().contiguous() for n, t in sorted(tensors.items())}
+    header_json = _header_json(kind, cpu, run, window, signer, _HASH_SLOT)
+    safetensors.torch.save_file(cpu, str(path), metadata={"gauntlet-artefact": header_json,
+                                                          "signature": _SIGNATURE_SLOT})
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        head = fh.read(size)
+        digest = hashlib.sha256()
+        while chunk := fh.read(16 << 20):
+            digest.update(chunk)
+        signed_json = header_json.replace(_HASH_SLOT, digest.hexdigest())
+        signature = signer.sign(_digest(signed_json)).hex()
+        if head.count(_HASH_SLOT.encode()) != 1 or head.count(_SIGNATURE_SLOT.encode()) != 1:
+            raise ValueError("artefact header placeholders are not unique")  # cannot happen with hex names
+        fh.seek(8)
+        fh.write(head.replace(_HASH_SLOT.encode(), digest.hexdigest().encode())
+                 .replace(_SIGNATURE_SLOT.encode(), signature.encode()))
+        fh.flush()
+        os.fsync(fh.fileno())
+        return fh.seek(0, os.SEEK_END)
+
+
+def _header_json(kind: str, cpu: Mapping[str, torch.Tensor], run: str, window: int, signer: Identity,
+                 payload_sha256: str) -> str:
+    header = {"v": 1, "kind": kind, "run": run, "window": int(window), "hotkey": signer.hotkey,
+              "tensors": [[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for n, t in cpu.items()],
+              "payload_sha256": payload_sha256}
+    return json.dumps(header, sort_keys=True, separators=(",", ":"))
 
 
 def decode_artefact(data: bytes, *, kind: str, run: str, window: int | None, trusted: Collection[str],
