@@ -187,9 +187,9 @@ class Peer(Node):
         ``timing.gather_timeout_s``). ReplayIncomplete when some stay unreadable."""
         window, wanted = replay.window, dict(replay.messages)
         have = {h: m for h, m in result.messages.items() if h in wanted and message_id(m) == wanted[h]}
-        deadline = time.monotonic() + self.cfg.timing.gather_timeout_s
+        deadline, network = time.monotonic() + self.cfg.timing.gather_timeout_s, self.directory.view()
         while len(have) < len(wanted):
-            got = self.read_messages(window, [h for h in wanted if h not in have])
+            got = self.read_messages(window, [h for h in wanted if h not in have], network)
             have.update({h: m for h, m in got.messages.items() if message_id(m) == wanted[h]})
             if len(have) == len(wanted) or time.monotonic() >= deadline:
                 break

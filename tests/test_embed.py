@@ -207,3 +207,12 @@ def test_fsdp_example_two_replicas_by_two_shards_matches_the_unsharded_wrapper(t
     assert float(diff / norm) < 1e-5  # measured 1.6e-8
     # each rank sends its part: about half of what one unsharded replica sends
     assert sharded["bytes_sent_per_outer_step"] < 0.65 * plain["bytes_sent_per_outer_step"]
+
+
+def test_a_state_entry_holding_other_rows_is_a_checkpoint_error():
+    from gauntlet.parallel.checkpoint import CheckpointError, local_part
+
+    target = torch.zeros(4, 3)
+    assert torch.equal(local_part(torch.ones(1, 4, 3), target, "ef.w"), torch.ones(4, 3))  # a replica's rows
+    with pytest.raises(CheckpointError, match=r"ef.w holds \(2, 3\) on this rank, not \(4, 3\)"):
+        local_part(torch.ones(2, 3), target, "ef.w")

@@ -171,9 +171,9 @@ def test_a_peer_that_cannot_read_a_message_replays_the_validators_list_and_never
     link = break_view(peer, victim)
     read_again = peer.read_messages
 
-    def link_back_then_read(window, hotkeys):  # the link comes back after the window's gathers failed
+    def link_back_then_read(window, hotkeys, network=None):  # the link comes back after the gathers failed
         link.broken = False
-        return read_again(window, hotkeys)
+        return read_again(window, hotkeys, network)
 
     peer.read_messages = link_back_then_read
     record = run_window(net)

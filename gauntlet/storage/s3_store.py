@@ -234,15 +234,11 @@ class S3Store:
 
     def _download(self, key: str, meta: dict[str, Any]) -> tuple[bytes, ObjectInfo]:
         """A large object as byte ranges in parallel (boto3's managed download) into a buffer of the
-        size HEAD announced, checked against its SHA-256."""
+        size HEAD announced, checked against its SHA-256. Each range is retried by the transfer itself;
+        only bytes that fail the hash are read again (by :meth:`read`)."""
         sink = _Bounded(int(meta["ContentLength"]), key)
-        try:
-            self._call(f"download {key}", lambda: self.client.download_fileobj(self.bucket, key, sink,
-                                                                                Config=self.transfer))
-        except StorageError as exc:
-            if isinstance(exc, (ObjectNotFound, AccessDenied)):
-                raise
-            raise _Spoiled(str(exc)) from None
+        self._call(f"download {key}", lambda: self.client.download_fileobj(self.bucket, key, sink,
+                                                                            Config=self.transfer))
         data = bytes(sink.data)
         self._check(key, data, meta.get("Metadata"))
         return data, ObjectInfo(key, len(data), meta["LastModified"].timestamp())

@@ -142,10 +142,10 @@ class Node:
             result.messages = {h: m for h, m in result.messages.items() if h in keep}
         return result
 
-    def read_messages(self, window: int, hotkeys: list[str]) -> GatherResult:
+    def read_messages(self, window: int, hotkeys: list[str], network: NetworkView | None = None) -> GatherResult:
         """``window``'s messages of ``hotkeys`` as they are now (no slot, no list: a validator already
-        judged them), validated."""
-        network, t = self.directory.view(), self.cfg.timing
+        judged them), validated. ``network``: a view the caller already read."""
+        network, t = network or self.directory.view(), self.cfg.timing
         sources = {h: s for h, s in network.stores.items() if h in set(hotkeys)}
         return gather(window, sources, run=self.run, run_hash=self.run_hash, registered=network.registered,
                       spec=self.spec, codec=self.cfg.sparseloco, slot=None, max_bytes=t.max_message_bytes,
