@@ -4,4 +4,4 @@ The pure SparseLoCo optimizer lives in :mod:`gauntlet.sparseloco`; configuration
 :mod:`gauntlet.config`; the errors users catch in :mod:`gauntlet.errors`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,9 +1,16 @@
 """One configuration model for every protocol and run parameter.
 
 Defaults are those of docs/protocol.md (the reference deployment's numbers). A config is loaded from a TOML or
-JSON file plus ``section.field=value`` overrides, validated once at the edge, and frozen. Its
-canonical JSON is hashed into every message (:meth:`GauntletConfig.run_hash`) so that nodes of
-different runs, or of one run with different settings, never mix their updates.
+JSON file plus ``section.field=value`` overrides, validated once at the edge, and frozen.
+
+Settings are of two kinds. *Run settings* must agree across every node of a run (model, data identity,
+codec, timing, mechanism); *local settings* are one node's own choice (its device, where its copy of the
+data lives, how one validator turns scores into weights) and are marked ``json_schema_extra=LOCAL``.
+A run is defined by its *manifest* (:func:`manifest_document`): the protocol version and the run
+settings that differ from their defaults. The run hash, carried in every message, is the hash of the
+manifest (:meth:`GauntletConfig.run_hash`), so nodes that differ only in local settings share a run, and
+a release that adds a setting with a default leaves every existing run's hash as it was. Changing the
+default of a run setting changes what old manifests mean: it needs a new :data:`PROTOCOL`.
 """
 
 from __future__ import annotations
@@ -16,7 +23,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gauntlet import __version__
 from gauntlet.errors import ConfigError
+
+LOCAL = {"local": True}  # marks a setting that is one node's own choice (not part of the run)
+PROTOCOL = 1  # what this code speaks: the message formats and the meaning of every run setting's default
+FIRST_RELEASE = "0.2.0"  # the first gauntlet release that speaks PROTOCOL
 
 
 class _Section(BaseModel):
@@ -96,19 +108,31 @@ class DataConfig(_Section):
                                    "(.bin/.npy); other sources take it from their tokenizer.")
     token_dtype: Literal["uint16", "uint32"] = Field("uint16", description="Token width of flat .bin shards "
                                                      "(nanoGPT writes uint16; .npy and llm.c shards say theirs).")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Identity of the run's data: the "
+                               "sha256 of its prepared token sequences (`gauntlet data prepare` prints it). When set, "
+                               "a node refuses to start on data that differs in any token.")
+    path: str | None = Field(None, description="This node's local copy of the corpus (text files, token shards or a "
+                             "prepared folder), read instead of `source`; checked against `sha256`.",
+                             json_schema_extra=LOCAL)
+
+    @property
+    def location(self) -> str:
+        """Where this node reads the corpus from: its local copy, else the run's source."""
+        return self.path or self.source
 
 
 class ModelConfig(_Section):
     preset: str = Field("tiny", description="tiny, small, 150M, 1B, or a local path / hub name of a causal LM")
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    autocast_bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N", json_schema_extra=LOCAL)
+    autocast_bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)", json_schema_extra=LOCAL)
 
 
 class TrainConfig(_Section):
     """What a peer trains each window: ``inner.steps`` batches of ``batch_size`` assigned sequences."""
 
     batch_size: int = Field(8, ge=1)
-    eval_batches: int = Field(2, ge=1, description="Validation batches for the loss a peer reports.")
+    eval_batches: int = Field(2, ge=1, description="Validation batches for the loss a peer reports.",
+                              json_schema_extra=LOCAL)
 
 
 class TimingConfig(_Section):
@@ -118,7 +142,7 @@ class TimingConfig(_Section):
     upload_slot_s: float = Field(70.0, gt=0.0, description="Uploads count when the store's LastModified is "
                                  "within this many seconds after the window boundary.")
     slot_grace_s: float = Field(1.0, ge=0.0, description="Tolerated clock skew at both ends of the slot.")
-    gather_timeout_s: float = Field(60.0, gt=0.0)
+    gather_timeout_s: float = Field(60.0, gt=0.0, json_schema_extra=LOCAL)
     max_message_bytes: int = Field(512 << 20, ge=1024)
 
 
@@ -150,16 +174,18 @@ class ValidatorConfig(_Section):
     copy_sample_chunks: int = Field(768, ge=0, description="Chunks compared per window for copy detection, "
                                     "drawn from the validator's secret after the upload slot (0: every chunk). "
                                     "768 misclassifies a pair 0.1 away from a threshold with probability < 2e-7.")
-    weights_every: int = Field(2, ge=1, description="Windows between set_weights calls.")
-    policy: Literal["power", "tiered"] = "power"
-    power_p: float = Field(2.2, gt=0)
-    burn_uid: int = Field(0, ge=0)
-    burn_share: float = Field(0.5, ge=0, le=1)
-    tier_top: int = Field(20, ge=1)
-    tier_top_share: float = Field(0.75, ge=0, le=1)
-    tier_ramp: float = Field(2.0, ge=1, description="Weight of the first of the top tier over the last.")
-    tier_next: int = Field(10, ge=0)
-    tier_decay: float = Field(0.5, gt=0, le=1)
+    # How one validator turns its scores into weights: its own choice, so not part of the run.
+    weights_every: int = Field(2, ge=1, description="Windows between set_weights calls.", json_schema_extra=LOCAL)
+    policy: Literal["power", "tiered"] = Field("power", json_schema_extra=LOCAL)
+    power_p: float = Field(2.2, gt=0, json_schema_extra=LOCAL)
+    burn_uid: int = Field(0, ge=0, json_schema_extra=LOCAL)
+    burn_share: float = Field(0.5, ge=0, le=1, json_schema_extra=LOCAL)
+    tier_top: int = Field(20, ge=1, json_schema_extra=LOCAL)
+    tier_top_share: float = Field(0.75, ge=0, le=1, json_schema_extra=LOCAL)
+    tier_ramp: float = Field(2.0, ge=1, description="Weight of the first of the top tier over the last.",
+                             json_schema_extra=LOCAL)
+    tier_next: int = Field(10, ge=0, json_schema_extra=LOCAL)
+    tier_decay: float = Field(0.5, gt=0, le=1, json_schema_extra=LOCAL)
     reserves: int = Field(5, ge=0, description="Reserve peers listed after the top G.")
     list_min_ma: float = Field(0.4, ge=0, le=1, description="Uniqueness moving average a peer needs before it is "
                                "listed (aggregated): 0.4 takes ten loss tests that all show its own-data advantage.")
@@ -190,13 +216,77 @@ class GauntletConfig(_Section):
         """Sequences a peer is assigned (and must train on) each window."""
         return self.inner.steps * self.train.batch_size
 
-    def canonical_json(self) -> str:
-        """Sorted, compact JSON of every field: the input of :meth:`run_hash`."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    def manifest(self) -> dict[str, Any]:
+        """The run's manifest: :func:`manifest_document` of this config."""
+        return manifest_document(self)
 
     def run_hash(self) -> str:
-        """32 hex characters identifying this run and its settings; part of every message header."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:32]
+        """32 hex characters identifying the run: the hash of its manifest; part of every message header."""
+        return manifest_hash(self.manifest())
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted, compact JSON: what is hashed and signed."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def is_local(section: type[BaseModel], name: str) -> bool:
+    extra = section.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("local"))
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _settings(model: type[BaseModel], values: dict[str, Any], defaults: dict[str, Any], local: bool) -> dict:
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        section = _section_type(field.annotation)
+        if section is not None:
+            nested = _settings(section, values[name], defaults[name], local)
+            if nested:
+                out[name] = nested
+        elif is_local(model, name) == local and values[name] != defaults[name]:
+            out[name] = values[name]
+    return out
+
+
+def run_settings(cfg: BaseModel) -> dict[str, Any]:
+    """The run settings of ``cfg`` that differ from their defaults, nested by section (local settings
+    and defaults left out: a setting a release adds with a default is absent from every older manifest)."""
+    return _settings(type(cfg), cfg.model_dump(mode="json"), type(cfg)().model_dump(mode="json"), local=False)
+
+
+def local_settings(cfg: BaseModel) -> dict[str, Any]:
+    """The local settings of ``cfg`` that differ from their defaults (what :func:`run_settings` leaves out)."""
+    return _settings(type(cfg), cfg.model_dump(mode="json"), type(cfg)().model_dump(mode="json"), local=True)
+
+
+def manifest_document(cfg: BaseModel) -> dict[str, Any]:
+    """``{"protocol", "requires", "settings"}``: what defines a run and is hashed into its run hash."""
+    return {"protocol": PROTOCOL, "requires": FIRST_RELEASE, "settings": run_settings(cfg)}
+
+
+def manifest_hash(document: dict[str, Any]) -> str:
+    """The run hash of a manifest document: the first 32 hex digits of the sha256 of its canonical JSON."""
+    return hashlib.sha256(canonical_json(document).encode()).hexdigest()[:32]
+
+
+def check_manifest(document: Any, written_by: str | None = None) -> dict[str, Any]:
+    """``document`` if this code can run it: a ConfigError saying which release to upgrade to for a
+    manifest of a newer protocol, or one that is not a manifest."""
+    if not isinstance(document, dict) or set(document) != {"protocol", "requires", "settings"}:
+        raise ConfigError("not a run manifest: expected an object with protocol, requires and settings")
+    protocol, requires = document["protocol"], document["requires"]
+    if not isinstance(protocol, int) or isinstance(protocol, bool) or protocol < 1 or not isinstance(requires, str):
+        raise ConfigError("not a run manifest: protocol must be a whole number >= 1 and requires a version")
+    if protocol > PROTOCOL:
+        raise ConfigError(f"this run's manifest is for protocol {protocol}; gauntlet {__version__} speaks protocol "
+                          f"{PROTOCOL}: upgrade gauntlet to >= {requires} (pip install -U 'gauntlet>={requires}')")
+    if not isinstance(document["settings"], dict):
+        raise ConfigError("not a run manifest: settings must be an object")
+    return document
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -236,6 +326,26 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_settings(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings an optional file and ``section.field=value`` overrides give, as a nested dict
+    (overrides win; values parsed as JSON when they can be, strings otherwise). Not validated."""
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
+    for item in overrides:
+        _apply_override(data, *_parse_override(item))
+    return data
+
+
+def validate_config(data: dict[str, Any], what: str = "configuration") -> GauntletConfig:
+    """The frozen config of a settings dict; a ConfigError naming every invalid field."""
+    try:
+        return GauntletConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid {what}: {problems}") from exc
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> GauntletConfig:
     """Build the frozen config from an optional file and ``section.field=value`` overrides.
 
@@ -243,13 +353,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     ``inner.betas=[0.9,0.99]``) and taken as strings otherwise. Any invalid field raises
     :class:`~gauntlet.errors.ConfigError` naming it.
     """
-    data: dict[str, Any] = read_config_file(path) if path is not None else {}
-    for item in overrides:
-        _apply_override(data, *_parse_override(item))
-    try:
-        return GauntletConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from exc
+    return validate_config(read_settings(path, overrides))
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def config_from_manifest(document: dict[str, Any], local: dict[str, Any] | None = None,
+                         written_by: str | None = None) -> GauntletConfig:
+    """The config of a node of the run ``document`` defines, with this node's ``local`` settings (a dict
+    from :func:`read_settings`). A local input may repeat a run setting but not change it: that is a
+    ConfigError naming the setting, since a node that differs in one would be in another run."""
+    check_manifest(document)
+    newer = f" (written by gauntlet {written_by}: a setting this release lacks needs gauntlet >= {written_by})"
+    run = validate_config(document["settings"], "run manifest" + (newer if written_by else ""))
+    cfg = validate_config(_merge(document["settings"], local or {}))
+    theirs, ours = _flatten(run_settings(run)), _flatten(run_settings(cfg))
+    changed = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    if changed:
+        described = ", ".join(f"{k} (the run: {theirs.get(k, 'default')!r}, here: {ours.get(k, 'default')!r})"
+                              for k in changed)
+        raise ConfigError(f"{described}: run settings come from the run's manifest; remove them from --config/--set "
+                          f"(only local settings such as model.device or data.path may differ between nodes)")
+    return cfg

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from gauntlet.config import DataConfig
+from gauntlet.data.identity import cached_identity
 from gauntlet.data.sources import is_validation, iter_documents
 from gauntlet.data.tokenizer import load_tokenizer
 from gauntlet.data.tokens import is_token_source, open_token_shards
-from gauntlet.errors import ConfigError
+from gauntlet.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -38,7 +39,9 @@ SHARD_SEQS = 1 << 18  # sequences per shard file
 
 
 def dataset_key(cfg: DataConfig) -> str:
-    text = json.dumps({"v": FORMAT_VERSION, **cfg.model_dump(mode="json")}, sort_keys=True)
+    """The cache folder of a text source's preparation: what it reads and how it tokenises."""
+    settings = {**cfg.model_dump(mode="json", exclude={"sha256", "path"}), "source": cfg.location}
+    text = json.dumps({"v": FORMAT_VERSION, **settings}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -89,8 +92,8 @@ def prepare(cfg: DataConfig, cache_root: str | Path, target: str | Path | None =
         raise ConfigError(f"{target} exists and is not a prepared dataset: choose an empty or new folder")
     cache_root.mkdir(parents=True, exist_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    corpus_id = f"{cfg.source}|{cfg.val_fraction}|{cfg.max_tokens}"
-    train_texts = (t for d, t in iter_documents(cfg.source) if not is_validation(d, cfg.val_fraction))
+    corpus_id = f"{cfg.location}|{cfg.val_fraction}|{cfg.max_tokens}"
+    train_texts = (t for d, t in iter_documents(cfg.location) if not is_validation(d, cfg.val_fraction))
     tokenizer = load_tokenizer(cfg.tokenizer, cache_root / "tokenizers", train_texts, corpus_id)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=target.parent))
@@ -103,7 +106,7 @@ def prepare(cfg: DataConfig, cache_root: str | Path, target: str | Path | None =
                 writers["val" if is_validation(doc_id, cfg.val_fraction) else "train"].add(ids + [tokenizer.eos_id])
             batch.clear()
 
-        for doc in iter_documents(cfg.source):
+        for doc in iter_documents(cfg.location):
             batch.append(doc)
             docs += 1
             if len(batch) == 256:
@@ -114,7 +117,7 @@ def prepare(cfg: DataConfig, cache_root: str | Path, target: str | Path | None =
         flush_batch()
         splits = {s: w.close() for s, w in writers.items()}
         if not splits["train"] or not splits["val"]:
-            raise ConfigError(f"data source {cfg.source!r} is too small for seq_len {cfg.seq_len}: "
+            raise ConfigError(f"data source {cfg.location!r} is too small for seq_len {cfg.seq_len}: "
                               f"it yields no full {'training' if not splits['train'] else 'validation'} sequence")
         meta = {"version": FORMAT_VERSION, "config": cfg.model_dump(mode="json"), "tokenizer": tokenizer.name,
                 "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "seq_len": cfg.seq_len,
@@ -136,7 +139,7 @@ class TokenDataset:
     """The sequences of one split of a prepared dataset, memory-mapped."""
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
-        self.root = Path(root)
+        self.root, self.split = Path(root), split
         try:
             self.meta = json.loads((self.root / "meta.json").read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -153,6 +156,15 @@ class TokenDataset:
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    def source_files(self) -> list[Path]:
+        return [self.root / "meta.json"] + [self.root / s["file"] for s in self.meta["splits"][self.split]]
+
+    def token_blocks(self, block: int = 1 << 16):
+        """The split's tokens, in order, ``block`` sequences at a time."""
+        for shard in self._shards:
+            for s in range(0, len(shard), block):
+                yield shard[s:s + block].reshape(-1)
+
     def batch(self, indices: Sequence[int]) -> torch.Tensor:
         """``(len(indices), seq_len)`` int64 token ids."""
         out = np.empty((len(indices), self.seq_len), dtype=np.int64)
@@ -165,9 +177,18 @@ class TokenDataset:
 
 
 def open_dataset(cfg: DataConfig, cache_root: str | Path):
-    """The (train, validation) sequences of ``cfg.source``: pre-tokenised shards are read in place
-    (:mod:`gauntlet.data.tokens`); text sources are tokenised once into the cache (:func:`prepare`)."""
-    if is_token_source(cfg.source):
-        return open_token_shards(cfg.source, cfg.seq_len, cfg.vocab_size, cfg.val_fraction, cfg.token_dtype)
-    root = prepare(cfg, cache_root)
-    return TokenDataset(root, "train"), TokenDataset(root, "val")
+    """The (train, validation) sequences of ``cfg.location`` (the node's copy, else the run's source):
+    pre-tokenised shards are read in place (:mod:`gauntlet.data.tokens`); text sources are tokenised once
+    into the cache (:func:`prepare`). With ``cfg.sha256`` set, data whose identity differs is a DataError."""
+    if is_token_source(cfg.location):
+        splits = open_token_shards(cfg.location, cfg.seq_len, cfg.vocab_size, cfg.val_fraction, cfg.token_dtype)
+    else:
+        root = prepare(cfg, cache_root)
+        splits = TokenDataset(root, "train"), TokenDataset(root, "val")
+    if cfg.sha256 is not None:
+        found = cached_identity(*splits, cache_root)
+        if found != cfg.sha256:
+            raise DataError(f"the data at {cfg.location} is not this run's: its identity (data.sha256) is {found}, the "
+                            f"run's is {cfg.sha256}. Prepare the run's corpus ({cfg.source}, tokenizer {cfg.tokenizer}, "
+                            f"seq_len {cfg.seq_len}) or point data.path at an exact copy of it")
+    return splits

@@ -136,6 +136,18 @@ class TokenShards:
     def tokens(self) -> int:
         return len(self) * self.seq_len
 
+    def source_files(self) -> list[Path]:
+        return [f.path for f in self.files]
+
+    def token_blocks(self, block: int = 1 << 16) -> Iterator[np.ndarray]:
+        """The tokens of sequences ``[start, stop)``, in order, ``block`` sequences at a time."""
+        first = 0
+        for f, end in zip(self.files, self._ends):
+            lo, hi = max(first, self.start), min(end, self.stop)
+            for s in range(lo, hi, block):
+                yield f.tokens[(s - first) * self.seq_len:(min(s + block, hi) - first) * self.seq_len]
+            first = end
+
     def _locate(self, i: int) -> tuple[TokenFile, int]:
         if not 0 <= i < len(self):
             raise IndexError(f"sequence {i} out of range for {len(self)} sequences")

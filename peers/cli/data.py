@@ -21,7 +21,8 @@ from gauntlet.errors import DataError
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from gauntlet.data import prepare  # deferred: loads torch (`gauntlet --help` stays instant)
+    from gauntlet.data import TokenDataset, prepare  # deferred: loads torch (`gauntlet --help` stays instant)
+    from gauntlet.data.identity import cached_identity
     from peers.node.data import default_data_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -32,7 +33,9 @@ def _prepare(args: argparse.Namespace) -> int:
     tokens = {s: sum(x["seqs"] for x in shards) * meta["seq_len"] for s, shards in meta["splits"].items()}
     print(f"prepared {out}: {meta['documents']:,} documents, {tokens['train']:,} training and {tokens['val']:,} "
           f"validation tokens, vocabulary {meta['vocab_size']:,} ({meta['tokenizer']}), {meta['dtype']}")
-    print(f"train on it with: --set data.source={out}")
+    identity = cached_identity(TokenDataset(out, "train"), TokenDataset(out, "val"), args.data_dir or default_data_dir())
+    print(f"identity (data.sha256 in a run manifest): {identity}")
+    print(f"train on it with: --set data.path={out}  (or data.source={out} for a run of your own)")
     return 0
 
 
