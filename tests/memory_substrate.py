@@ -25,6 +25,7 @@ class MemorySubstrate:
         self.weights: dict[int, list[tuple[int, int]]] = {}
         self.submitted: list[tuple[Any, str]] = []  # (call, signer address)
         self.commit_reveal = False  # the subnet's CommitRevealWeightsEnabled
+        self.owner: str | None = None  # the subnet's SubnetOwnerHotkey
         self.commits: dict[int, dict[str, Any]] = {}  # uid -> its timelocked commit (hidden until revealed)
 
     # -------------------------------------------------------------------------------- test setup
@@ -77,6 +78,8 @@ class MemorySubstrate:
             return [0 for _ in self.neurons]
         if (module, name) == ("SubtensorModule", "SubnetEpochConsensus"):
             return "Yuma"
+        if (module, name) == ("SubtensorModule", "SubnetOwnerHotkey"):
+            return self.owner
         if (module, name) == ("SubtensorModule", "MaxWeightsLimit"):
             return 65535
         if name == "CommitRevealWeightsEnabled":

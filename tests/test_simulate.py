@@ -103,7 +103,7 @@ def test_live_run_finishes_ranks_honest_first_and_reports_a_crashed_node(tmp_pat
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", write_secret)
     endpoint = f"http://127.0.0.1:{moto_port}"
     buckets = [S3Store(f"sec-{tag}-{n}", endpoint_url=endpoint, region="us-east-1")
-               for n in ("validator", "honest-0", "honest-1", "noise", "crasher")]
+               for n in ("validator", "honest-0", "honest-1", "noise", "crasher", "owner")]
     for store in buckets:
         store.create_bucket()
     summary = simulate(tmp_path / "live", data_dir, "--mode", "live", "--honest", "2", "--adversary", "noise",

@@ -146,7 +146,9 @@ def test_data_prepare_then_inspect_then_train_in_place(tmp_path, capsys):
     out = tmp_path / "shards"
     assert main(["data", "prepare", str(docs), "--out", str(out), "--seq-len", str(SEQ),
                  "--data-dir", str(tmp_path / "cache")]) == 0
-    assert "train on it with: --set data.source=" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"train on it with: --set data.path={out}" in printed
+    identity = printed.split("identity (data.sha256 in a run manifest): ")[1].split()[0]
     assert not list(tmp_path.glob(".prepare-*"))  # the temporary folder was renamed into place
     assert main(["data", "inspect", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -157,7 +159,7 @@ def test_data_prepare_then_inspect_then_train_in_place(tmp_path, capsys):
     assert info["max_token_id"] == max(map(ord, "note 0123456789: lorem ipsum dolor sit amet"))  # 'u' (bytes)
     assert main(["data", "inspect", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["checksum"] == info["checksum"]
-    train, val = open_dataset(DataConfig(source=str(out), seq_len=SEQ), tmp_path / "unused")
+    train, val = open_dataset(DataConfig(path=str(out), seq_len=SEQ, sha256=identity), tmp_path / "unused")
     assert (len(train) + len(val)) * SEQ == info["tokens"] and train.vocab_size == 256
     assert np.isfinite(train_a_window(train))
     with pytest.raises(DataError, match="prepared with a 256-token vocabulary"):

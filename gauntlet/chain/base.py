@@ -77,6 +77,10 @@ class Chain(Protocol):
         """The latest commitment of every hotkey that has one."""
         ...
 
+    def owner_hotkey(self) -> str:
+        """The subnet owner's hotkey (whose commitment names the run's manifest); ChainError if none."""
+        ...
+
     def set_weights(self, signer: HotkeySigner, weights: Mapping[int, float]) -> None:
         """Set the signer's (a validator's) weights over uids."""
         ...

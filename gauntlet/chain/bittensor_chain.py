@@ -5,6 +5,7 @@ connection, and gives every call a deadline, so an unreachable network becomes a
 :class:`~gauntlet.errors.ChainError` instead of a hang.
 
 - block: ``Client.block()``; metagraph: ``client.subnets.metagraph`` (the runtime API).
+- subnet owner: the ``SubtensorModule.SubnetOwnerHotkey`` storage item of the netuid.
 - commitments: the raw ``Commitments.set_commitment`` call signed by the hotkey, the data cut into
   ``Raw`` fields of at most 128 bytes (at most 3: 384 bytes); read back with
   ``client.subnets.commitments`` by joining the raw fields.
@@ -142,6 +143,13 @@ class BittensorChain:
         found = self._run(self._client.subnets.commitments(self.netuid), "read commitments")
         return {hotkey: Commitment(hotkey, raw_field_bytes(c.fields), int(c.block))
                 for hotkey, c in sorted(found.items()) if c is not None}
+
+    def owner_hotkey(self) -> str:
+        owner = self._run(self._client.query(("SubtensorModule", "SubnetOwnerHotkey"), [self.netuid]),
+                          "read the subnet owner's hotkey")
+        if not owner:
+            raise ChainError(f"subnet {self.netuid} on {self.network} has no owner hotkey")
+        return str(owner)
 
     def set_weights(self, signer: HotkeySigner, weights: Mapping[int, float]) -> None:
         row = normalise(checked_weights(weights))

@@ -9,7 +9,7 @@ that none misses the first windows however long it took to boot.
 The clock settings are fixed by whoever creates the file; later openers read them from it. The file
 runs in WAL mode, every write is one ``BEGIN IMMEDIATE`` transaction, and every read one snapshot,
 so readers never see half a write. Registration (hotkeys, stakes, validator permits) is explicit:
-:meth:`LocalChain.register`.
+:meth:`LocalChain.register`; so is the subnet owner's hotkey (:meth:`LocalChain.set_owner`).
 
 The chain pays as Bittensor does: every ``tempo`` blocks it runs one epoch of Yuma Consensus
 (:mod:`gauntlet.chain.yuma`) over the weights visible at that block, emits ``tempo ×
@@ -228,6 +228,19 @@ class LocalChain:
     def commitments(self) -> dict[str, Commitment]:
         rows = self._read("SELECT hotkey, data, block FROM commitments ORDER BY hotkey")
         return {h: Commitment(h, bytes(d), int(b)) for h, d, b in rows}
+
+    def set_owner(self, hotkey: str) -> None:
+        """Make a registered hotkey the subnet owner's (who publishes the run manifest)."""
+        with self._write() as db:
+            self._uid(db, hotkey)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('owner', ?)", (hotkey,))
+
+    def owner_hotkey(self) -> str:
+        row = self._read("SELECT value FROM meta WHERE key = 'owner'")
+        if not row:
+            raise ChainError(f"local chain {self.path} has no subnet owner: `gauntlet run publish --register` "
+                             f"makes the publishing hotkey the owner")
+        return str(row[0][0])
 
     # --------------------------------------------------------------------------------- weights
 

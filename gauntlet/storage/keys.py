@@ -12,6 +12,7 @@ replay                runs/R/windows/W/replay.json                        valida
 peer_list             runs/R/windows/W/peers.json                         validator
 record                runs/R/windows/W/record.json                        validator
 checkpoint            runs/R/checkpoints/W.safetensors                    validator
+manifest              manifests/RUN_HASH.json                             subnet owner
 ====================  ==================================================  ==========
 """
 
@@ -62,6 +63,11 @@ def peer_list(run: str, window: int) -> str:
 
 def record(run: str, window: int) -> str:
     return f"{window_prefix(run, window)}record.json"
+
+
+def manifest(run_hash: str) -> str:
+    """A run's signed manifest, in its owner's bucket (outside ``runs/``: retention never deletes it)."""
+    return f"manifests/{_seg(run_hash, 'run hash')}.json"
 
 
 def checkpoint(run: str, window: int) -> str:

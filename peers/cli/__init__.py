@@ -4,6 +4,7 @@ are in :mod:`peers.cli.flags`, starting a node (one process or torchrun) in :mod
 - ``gauntlet simulate``: a whole network on this machine, then a report (``gauntlet simulate --help``).
 - ``gauntlet peer``: run a peer node (see ``gauntlet peer --help``).
 - ``gauntlet validate``: run a validator (see ``gauntlet validate --help``).
+- ``gauntlet run publish|show``: publish the run manifest (a subnet owner), or print it.
 - ``gauntlet doctor``: check a node's set-up (keys, bucket, chain, clock, disk, device, data).
 - ``gauntlet data prepare|inspect``: tokenise text into token shards; look inside token shards.
 - ``gauntlet inspect FILE``: decode and fully validate a peer message (the wire format), and show
@@ -18,9 +19,9 @@ import sys
 from gauntlet import __version__
 from gauntlet.errors import GauntletError
 from gauntlet.extras import install_hint
-from peers.cli import data, doctor, inspect, peer, simulate, validate
+from peers.cli import data, doctor, inspect, peer, run, simulate, validate
 
-COMMANDS = (inspect, simulate, peer, validate, data, doctor)  # one module per command, in --help order
+COMMANDS = (inspect, simulate, peer, validate, run, data, doctor)  # one module per command, in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ from pathlib import Path
 from gauntlet.chain import open_chain
 from gauntlet.config import load_config
 from gauntlet.storage import open_store
-from peers.cli.flags import add_node_arguments, card_for, identity_from_args
+from gauntlet.errors import GauntletError
+from peers.cli.flags import add_node_arguments, card_for, identity_from_args, manifest_mode, node_config
 from peers.ops.doctor import Check, Setup, guarded, run_checks
 
 
@@ -43,13 +44,20 @@ def run_doctor(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)  # a bad config is an error, not a check
     identity = identity_from_args(args)
-    run_dir = args.run_dir or Path(f"runs/{args.role}")
+    run_dir = args.run_dir = args.run_dir or Path(f"runs/{args.role}")
     early = []
     chain = store = card = None
     try:
         chain = open_chain(args.chain or f"bittensor://{args.network}/{args.netuid}")
     except Exception as exc:  # unreachable endpoint, bad URL: reported, the other checks still run
         early.append(_fail("chain", exc, "check --chain / --subtensor.network and the network path to it"))
+    if chain is not None and manifest_mode(args, chain) == "chain":
+        try:
+            cfg = node_config(args, chain)
+            early.append(Check("run manifest", True, f"run {cfg.run_hash()} ({cfg.run_name}, model {cfg.model.preset})"))
+        except GauntletError as exc:  # no manifest yet, or one this release cannot run: a check, with the fix
+            early.append(_fail("run manifest", exc, "the subnet owner publishes it with `gauntlet run publish`; "
+                               "for a network of your own pass --manifest none"))
     try:
         store = open_store(args.storage, access_key=args.access_key or os.environ.get("AWS_ACCESS_KEY_ID"),
                            secret_key=args.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"), max_attempts=1)

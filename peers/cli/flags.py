@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from gauntlet.chain import open_chain
-from gauntlet.config import load_config
+from gauntlet.config import config_from_manifest, read_settings, validate_config
 from gauntlet.errors import ConfigError
 from gauntlet.identity import Identity
 from gauntlet.storage import BucketCard, FileStore, open_store
@@ -21,32 +21,13 @@ def add_node_arguments(p: argparse.ArgumentParser, role: str) -> dict[str, argpa
     caller can add its own flags to them."""
     groups = {}
     g = groups["configuration"] = p.add_argument_group("configuration")
-    g.add_argument("--config", metavar="FILE", help="TOML or JSON file with run and protocol settings")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override one setting, e.g. --set inner.steps=10 (repeatable)")
-    g = groups["identity"] = p.add_argument_group(
+    add_config_arguments(g)
+    groups["identity"] = p.add_argument_group(
         "identity (a bittensor wallet's hotkey, or a throwaway key for local networks)")
-    g.add_argument("--wallet.name", dest="wallet_name", help="bittensor wallet (coldkey) name")
-    g.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default", help="hotkey name in the wallet")
-    g.add_argument("--wallet.path", dest="wallet_path", help="wallets directory (default ~/.bittensor/wallets)")
-    g.add_argument("--identity-seed", help="derive a throwaway hotkey from this text (local networks only)")
-    g = groups["chain"] = p.add_argument_group("chain")
-    g.add_argument("--chain", help="chain URL: local:///path/chain.db[?block_time=S] or bittensor://NETWORK/NETUID; "
-                   "default: built from --subtensor.network and --netuid")
-    g.add_argument("--subtensor.network", dest="network", default="finney", help="bittensor network or ws:// URL")
-    g.add_argument("--netuid", type=int, help="subnet id (with --subtensor.network)")
-    g.add_argument("--register", action="store_true",
-                   help="register the hotkey (local:// chains only)" if role == "peer" else
-                   "register the hotkey with a validator permit and stake 1000 (local:// chains only)")
+    add_identity_arguments(groups["identity"])
+    add_chain_arguments(groups.setdefault("chain", p.add_argument_group("chain")), role)
     g = groups["storage"] = p.add_argument_group("storage")
-    g.add_argument("--storage", required=True, help=f"where this {role} writes: file:///dir or "
-                   "s3://bucket?endpoint_url=...&region=... (write credentials from the AWS environment or below)")
-    g.add_argument("--storage.access-key", dest="access_key", help="write access key id (default: $AWS_ACCESS_KEY_ID)")
-    g.add_argument("--storage.secret-key", dest="secret_key", help="write secret key (default: $AWS_SECRET_ACCESS_KEY)")
-    g.add_argument("--storage.read-access-key", dest="read_key",
-                   help="READ-ONLY key id published on chain for others (default: $GAUNTLET_READ_ACCESS_KEY)")
-    g.add_argument("--storage.read-secret-key", dest="read_secret",
-                   help="READ-ONLY secret published on chain (default: $GAUNTLET_READ_SECRET_KEY)")
+    add_storage_arguments(g, role)
     g.add_argument("--allow-local-cards", action="store_true",
                    help="accept other nodes' file:// and loopback buckets (local networks only)")
     g = groups["running"] = p.add_argument_group("running")
@@ -74,6 +55,71 @@ def add_node_arguments(p: argparse.ArgumentParser, role: str) -> dict[str, argpa
     g.add_argument("--dist-timeout", type=float, default=300.0, metavar="S",
                    help="seconds a collective may wait for the other ranks before this node stops with an error")
     return groups
+
+
+def add_identity_arguments(g) -> None:
+    """``--wallet.*`` and ``--identity-seed``."""
+    g.add_argument("--wallet.name", dest="wallet_name", help="bittensor wallet (coldkey) name")
+    g.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default", help="hotkey name in the wallet")
+    g.add_argument("--wallet.path", dest="wallet_path", help="wallets directory (default ~/.bittensor/wallets)")
+    g.add_argument("--identity-seed", help="derive a throwaway hotkey from this text (local networks only)")
+
+
+def add_chain_arguments(g, role: str) -> None:
+    """``--chain``, ``--subtensor.network``, ``--netuid`` and ``--register``."""
+    g.add_argument("--chain", help="chain URL: local:///path/chain.db[?block_time=S] or bittensor://NETWORK/NETUID; "
+                   "default: built from --subtensor.network and --netuid")
+    g.add_argument("--subtensor.network", dest="network", default="finney", help="bittensor network or ws:// URL")
+    g.add_argument("--netuid", type=int, help="subnet id (with --subtensor.network)")
+    g.add_argument("--register", action="store_true",
+                   help="register the hotkey (local:// chains only)" if role == "peer" else
+                   "register the hotkey with a validator permit and stake 1000 (local:// chains only)")
+
+
+def add_storage_arguments(g, role: str, required: bool = True) -> None:
+    """``--storage`` and its write and read-only keys."""
+    g.add_argument("--storage", required=required, help=f"where this {role} writes: file:///dir or "
+                   "s3://bucket?endpoint_url=...&region=... (write credentials from the AWS environment or below)")
+    g.add_argument("--storage.access-key", dest="access_key", help="write access key id (default: $AWS_ACCESS_KEY_ID)")
+    g.add_argument("--storage.secret-key", dest="secret_key", help="write secret key (default: $AWS_SECRET_ACCESS_KEY)")
+    g.add_argument("--storage.read-access-key", dest="read_key",
+                   help="READ-ONLY key id published on chain for others (default: $GAUNTLET_READ_ACCESS_KEY)")
+    g.add_argument("--storage.read-secret-key", dest="read_secret",
+                   help="READ-ONLY secret published on chain (default: $GAUNTLET_READ_SECRET_KEY)")
+
+
+def add_config_arguments(g) -> None:
+    """``--manifest``, ``--config`` and ``--set``: where a node's run settings and local settings come from."""
+    g.add_argument("--manifest", choices=["chain", "none"],
+                   help="where the run's settings come from. chain: the manifest the subnet owner published (its hash "
+                        "committed on chain), fetched, verified and cached in --run-dir; none: this node's "
+                        "--config/--set define the run (a network of your own). Default: chain on bittensor:// "
+                        "chains, none on local:// ones")
+    g.add_argument("--config", metavar="FILE", help="TOML or JSON file of settings: local ones (model.device, "
+                   "data.path, ...) when the run comes from a manifest, every setting with --manifest none")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one setting, e.g. --set model.device=cuda:1 (repeatable)")
+
+
+def manifest_mode(args, chain=None) -> str:
+    """``--manifest``, or its default for the chain: ``none`` on local:// chains, else ``chain``."""
+    url = chain.url if chain is not None else (args.chain or "bittensor://")
+    return args.manifest or ("none" if url.startswith("local://") else "chain")
+
+
+def node_config(args, chain=None):
+    """The node's config: the run settings of the manifest the subnet owner committed (``--manifest
+    chain``; without ``chain`` — a rank other than 0 — the copy rank 0 joined in ``--run-dir``) with
+    this node's local settings, or the run its own settings define (``--manifest none``)."""
+    from peers.network.manifest import fetch_manifest, read_saved_manifest  # deferred: the node stack
+
+    local = read_settings(args.config, args.overrides)
+    if manifest_mode(args, chain) == "none":
+        return validate_config(local)
+    saved = args.run_dir / "manifest.json"
+    signed = (fetch_manifest(chain, saved, allow_local_cards=args.allow_local_cards) if chain is not None
+              else read_saved_manifest(saved))
+    return config_from_manifest(signed.document, local, signed.written_by)
 
 
 def identity_from_args(args):
@@ -154,9 +200,9 @@ def setup_logging(quiet: bool, debug: bool = False, trace: bool = False, prefix:
 
 
 def open_node(args, role: str):
-    """Config, identity, chain (registered when asked), store and its card, from the common flags."""
+    """Config (:func:`node_config`), identity, chain (registered when asked), store and its card, from the
+    common flags."""
     setup_logging(args.quiet, args.log_debug, args.log_trace)
-    cfg = load_config(args.config, args.overrides)
     identity = identity_from_args(args)
     if args.chain is None and args.netuid is None:
         raise ConfigError("no chain: pass --chain URL, or --netuid (with --subtensor.network)")
@@ -170,4 +216,4 @@ def open_node(args, role: str):
             chain.register(identity.hotkey)
     store = open_store(args.storage, access_key=args.access_key or os.environ.get("AWS_ACCESS_KEY_ID"),
                        secret_key=args.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"))
-    return cfg, identity, chain, store, card_for(store, args)
+    return node_config(args, chain), identity, chain, store, card_for(store, args)

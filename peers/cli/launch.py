@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gauntlet.config import load_config
 from gauntlet.errors import ConfigError
-from peers.cli.flags import open_node, setup_logging
+from peers.cli.flags import node_config, open_node, setup_logging
 
 # Imports of torch and the node code (gauntlet.parallel, gauntlet.data, gauntlet.models, peers.node) are
 # deferred into the functions that start a node: `gauntlet --help` and flag errors stay instant.
@@ -114,28 +114,32 @@ def run_node(args, role: str, start) -> int:
         if args.nproc:
             return spawn_torchrun(args.nproc)
         return start(*open_node(args, role), None)
-    cfg = load_config(args.config, args.overrides)
-    world = init_world(cfg.model.device, args.dist_timeout)
+    world = init_world(load_config(args.config, args.overrides).model.device, args.dist_timeout)  # local setting
     try:
         if args.nproc and args.nproc != world.size:
             raise ConfigError(f"--nproc {args.nproc} but torchrun started {world.size} processes")
-        if cfg.train.batch_size % world.size:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be a multiple of the {world.size} ranks "
-                              f"(each rank trains an equal share of every batch)")
         if world.main:
             opened = open_node(args, role)
+            cfg = _check_ranks(opened[0], world)
             _prepare_data(cfg, args)
             _barrier(world)
             code = start(*opened, world)
             if os.environ.get(EXIT_FILE_ENV):
                 Path(os.environ[EXIT_FILE_ENV]).write_text(str(code))
         else:
-            _serve(cfg, args, world, train=role == "peer")
+            _serve(args, world, train=role == "peer")
             code = 0
     finally:
         shutdown(world)
     exit_now(code)
     return code
+
+
+def _check_ranks(cfg, world):
+    if cfg.train.batch_size % world.size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be a multiple of the {world.size} ranks "
+                          f"(each rank trains an equal share of every batch)")
+    return cfg
 
 
 def _prepare_data(cfg, args):
@@ -152,7 +156,7 @@ def _barrier(world) -> None:
     dist.barrier(group=world.control)
 
 
-def _serve(cfg, args, world, train: bool) -> None:
+def _serve(args, world, train: bool) -> None:
     """A rank other than 0: no chain, no storage, no wallet; the model's shards and rank 0's commands."""
     from gauntlet.models import build_model  # deferred: torch (see the top of this module)
     from peers.node.engine import ModelEngine
@@ -161,7 +165,8 @@ def _serve(cfg, args, world, train: bool) -> None:
     setup_logging(True, args.log_debug, args.log_trace, prefix=f"rank {world.rank} ")
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0 decides when to stop, and tells the others
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _barrier(world)  # rank 0 has prepared the data
+    _barrier(world)  # rank 0 has joined the run (its manifest is in --run-dir) and prepared the data
+    cfg = _check_ranks(node_config(args), world)
     vocab = _prepare_data(cfg, args)[0].vocab_size
     model = build_model(cfg.model, vocab, cfg.data.seq_len, seed=cfg.seed)
     ModelEngine(cfg, model, world, train=train).serve()

@@ -10,6 +10,7 @@ from gauntlet.chain import Chain
 from gauntlet.errors import InvalidCommitment
 from gauntlet.identity import Identity
 from gauntlet.storage import BucketCard, ObjectStore, store_from_card
+from peers.network.manifest import is_manifest_card
 
 log = logging.getLogger("gauntlet.node")
 
@@ -38,7 +39,7 @@ class Directory:
         peers = {n.hotkey for n in neurons if not n.validator_permit}
         stores: dict[str, ObjectStore] = {}
         for hotkey, commitment in self.chain.commitments().items():
-            if hotkey not in peers:
+            if hotkey not in peers or is_manifest_card(commitment.data):  # the subnet owner publishes no updates
                 continue
             store = self.store_of(hotkey, commitment.data)
             if store is not None:

@@ -1,10 +1,11 @@
 """Live simulation: one OS process per node, wall-clock windows on an embedded local:// chain.
 
 Every node is started with the same command a user would run (``gauntlet peer`` / ``gauntlet
-validate``) and talks to the others only through the chain and the stores. The chain is created with
-a pending genesis and started once every node has committed its bucket card (which a node does when
-its data and model are loaded), so that window 0 opens when all are ready however loaded the
-machine is. The parent registers the throwaway hotkeys, optionally runs a loopback S3 server
+validate``) and talks to the others only through the chain and the stores. The parent publishes the
+run's manifest as the subnet owner would, and every node joins with ``--manifest chain``, its local
+settings in a file. The chain is created with a pending genesis and started once every node has
+committed its bucket card (which a node does when its data and model are loaded), so that window 0
+opens when all are ready however loaded the machine is. The parent registers the throwaway hotkeys, optionally runs a loopback S3 server
 (``--storage embedded-s3``), watches the processes — a node that dies is reported, never waited for
 — and afterwards reads the validator's published window records (weights as set on chain, the last
 ones at the final window) and the peers' metrics.
@@ -23,11 +24,13 @@ import time
 from pathlib import Path
 
 from gauntlet.chain.local import LocalChain
-from gauntlet.config import GauntletConfig
+from gauntlet.config import GauntletConfig, local_settings
 from gauntlet.data import open_dataset
+from gauntlet.data.identity import cached_identity
 from gauntlet.errors import ConfigError, StorageError
 from gauntlet.models import build_model
-from gauntlet.storage import keys, open_store
+from gauntlet.storage import BucketCard, FileStore, keys, open_store
+from peers.network.manifest import publish_manifest
 from peers.node.data import default_data_dir
 from peers.sim.scenario import Scenario, chain_tempo
 from peers.sim.summary import SimRun, WindowView, note_entries, window_lines
@@ -37,6 +40,7 @@ log = logging.getLogger("gauntlet.simulate")
 ROOT = Path(__file__).resolve().parents[2]  # the repository (for PYTHONPATH of the nodes)
 BLOCK_TIME = 1.0
 READ_KEY, READ_SECRET = "simulation-reader", "simulation-reader-secret"
+OWNER = "owner"  # the subnet owner's node name: it publishes the run manifest, and runs nothing
 
 
 def store_urls(scenario: Scenario, names: list[str], s3_port: int | None) -> dict[str, str]:
@@ -54,9 +58,11 @@ def store_urls(scenario: Scenario, names: list[str], s3_port: int | None) -> dic
 
 def _command(role: str, name: str, scenario, cfg_file: Path, chain_url: str, store_url: str, data_dir: Path,
              spec: str) -> list[str]:
+    """The command a user runs: the run's settings from the published manifest, local ones in ``cfg_file``."""
     out = scenario.out.resolve()
     cmd = [sys.executable, "-m", "peers.cli", "validate" if role == "validator" else "peer",
-           "--identity-seed", f"simulate|{scenario.seed}|{name}", "--config", str(cfg_file), "--chain", chain_url,
+           "--identity-seed", f"simulate|{scenario.seed}|{name}", "--manifest", "chain", "--config", str(cfg_file),
+           "--chain", chain_url,
            "--storage", store_url, "--allow-local-cards", "--run-dir", str(out / "nodes" / name / "state"),
            "--data-dir", str(data_dir), "--until-window", str(scenario.windows - 1),
            "--storage.read-access-key", READ_KEY, "--storage.read-secret-key", READ_SECRET, "--behaviour", spec]
@@ -75,9 +81,11 @@ def run_live(scenario: Scenario, progress) -> SimRun:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = (scenario.data_dir or default_data_dir()).resolve()
     progress.phase("preparing data")
-    open_dataset(cfg.data, data_dir)  # tokenised once here (text sources), or shards checked
-    cfg_file = out / "config.json"
-    cfg_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+    identity = cached_identity(*open_dataset(cfg.data, data_dir), data_dir)  # tokenised once here (text sources)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sha256": identity})})  # pinned by the manifest
+    (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+    cfg_file = out / "local.json"  # what each node sets for itself; the rest comes from the manifest
+    cfg_file.write_text(json.dumps(local_settings(cfg), indent=1))
     chain_url = scenario.chain or f"local://{out}/chain.db?block_time={BLOCK_TIME}"
     if not chain_url.startswith("local://"):
         raise ConfigError("a live simulation registers throwaway keys, so it needs a local:// chain")
@@ -89,8 +97,9 @@ def run_live(scenario: Scenario, progress) -> SimRun:
         chain.register(scenario.identity(name).hotkey, stake=validators[name].stake if name in validators else 0.0,
                        validator_permit=name in validators)
     server, port = start_embedded_s3() if scenario.storage == "embedded-s3" else (None, None)
-    urls = store_urls(scenario, list(nodes), port)
+    urls = store_urls(scenario, [*nodes, OWNER], port)
     env = node_env(server is not None, urls)
+    publish_run(cfg, scenario.identity(OWNER), chain, open_store(urls[OWNER]))
     crashed = _run_nodes(nodes, set(validators), scenario, progress, chain, cfg, env,
                          lambda role, name, spec: _command(role, name, scenario, cfg_file, chain_url, urls[name],
                                                            data_dir, spec))
@@ -106,6 +115,19 @@ def run_live(scenario: Scenario, progress) -> SimRun:
     return SimRun(views, hotkeys, _mean_message_bytes(scenario), sum(p.numel() for p in model.parameters()), behind,
                   payouts=chain.payouts(), epochs=chain.epochs(), chain_weights=chain.weights(),
                   validators={v.name: scenario.identity(v.node).hotkey for v in scenario.validator_specs()})
+
+
+def publish_run(cfg: GauntletConfig, owner, chain: LocalChain, store) -> None:
+    """What a subnet owner does with `gauntlet run publish`: ``owner`` becomes the subnet's owner and
+    publishes the run's manifest in ``store``, its hash committed on chain."""
+    chain.register(owner.hotkey)
+    chain.set_owner(owner.hotkey)
+    if isinstance(store, FileStore):
+        card = BucketCard("file", str(store.root))
+    else:
+        store.create_bucket()  # the owner's bucket, beside the nodes' (a no-op when it exists)
+        card = BucketCard("s3", store.endpoint_url or "", store.bucket, store.region or "", READ_KEY, READ_SECRET)
+    publish_manifest(cfg.manifest(), owner, store, card, chain)
 
 
 def _lines(scenario: Scenario, name: str) -> dict[int, dict]:
