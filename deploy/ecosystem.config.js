@@ -3,8 +3,10 @@
 // `pm2 install pm2-logrotate` (e.g. `pm2 set pm2-logrotate:max_size 100M`).
 // Secrets come from the environment pm2 is started with (see gauntlet.env.example), not from here.
 const venv = "/opt/gauntlet/.venv/bin/gauntlet";
-const common = ["--subtensor.network", "finney", "--netuid", "3", "--storage", process.env.GAUNTLET_STORAGE,
-  "--data-dir", "/var/lib/gauntlet/data"];
+// The run's settings come from the subnet owner's manifest (fetched, verified, cached in --run-dir);
+// this machine's own settings go in --set (e.g. "--set", "model.device=cuda:0") or a --config file.
+const common = ["--manifest", "chain", "--subtensor.network", "finney", "--netuid", "3",
+  "--storage", process.env.GAUNTLET_STORAGE, "--data-dir", "/var/lib/gauntlet/data"];
 
 module.exports = {
   apps: [

@@ -28,6 +28,7 @@ def test_systemd_units_start_the_doctor_then_the_node_with_flags_that_exist(unit
         assert args.command == ("doctor" if key == "ExecStartPre" else "peer" if "peer" in unit else "validate")
     node = parses(shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: ENV[m.group(1)], lines["ExecStart"]))[1:])
     assert node.metrics_port and node.retain == 28  # checkpoint_every + 3
+    assert node.manifest == "chain" and node.config is None  # the run comes from the owner's manifest
     assert "KillSignal=SIGTERM" in text and "EnvironmentFile=" in text
 
 
@@ -40,7 +41,7 @@ def test_the_pm2_ecosystem_runs_real_subcommands_with_real_flags():
     for block in apps:
         argv = re.findall(r'"([^"]*)"', block) + common
         args = parses(argv)
-        assert args.command in ("peer", "validate") and args.metrics_port
+        assert args.command in ("peer", "validate") and args.metrics_port and args.manifest == "chain"
 
 
 def test_operations_guide_names_every_metric_the_nodes_serve():

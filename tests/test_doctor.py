@@ -177,3 +177,25 @@ def test_a_check_that_hangs_is_reported_and_does_not_keep_the_doctor_running():
             "print(guarded('data', lambda: threading.Event().wait(), timeout=0.5).ok)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def test_the_run_manifest_is_checked_as_the_node_would_join_it(tmp_path, corpus, capsys):
+    from gauntlet.config import load_config
+    from gauntlet.storage import FileStore
+    from peers.network.manifest import publish_manifest
+
+    chain, url = local_chain(tmp_path)
+    argv = doctor(tmp_path, corpus, url, f"file://{tmp_path / 'bucket'}", "--allow-local-cards", "--manifest", "chain")
+    owner = Identity.from_seed("doctor-owner")
+    chain.register(owner.hotkey)
+    chain.set_owner(owner.hotkey)
+    code, checks = run(capsys, argv)
+    assert code == 1 and not checks["run manifest"]["ok"] and "published no run manifest" in checks["run manifest"][
+        "reason"] and "gauntlet run publish" in checks["run manifest"]["fix"]
+    run_cfg = load_config(overrides=[f"data.source={corpus}", "data.seq_len=32", "seed=5"])
+    store = FileStore(tmp_path / "owner")
+    publish_manifest(run_cfg.manifest(), owner, store, BucketCard("file", str(store.root)), chain)
+    code, checks = run(capsys, argv)
+    assert code == 0 and checks["run manifest"]["reason"].startswith(f"run {run_cfg.run_hash()}"), checks
+    code, checks = run(capsys, [*argv, "--set", "data.seq_len=64"])  # a run setting this node would change
+    assert code == 1 and "data.seq_len (the run: 32, here: 64)" in checks["run manifest"]["reason"]
