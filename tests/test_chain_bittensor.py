@@ -96,3 +96,10 @@ def test_an_unreachable_network_is_a_clear_error_not_a_hang():
 def test_field_helpers():
     assert split_fields(b"") == [b""] and [len(f) for f in split_fields(bytes(300))] == [128, 128, 44]
     assert raw_field_bytes([{"Raw2": "0x0102"}, {"Sha256": "0xff"}, "None", {"Raw1": [3]}]) == b"\x01\x02\x03"
+
+
+def test_the_subnet_owner_hotkey_is_read_from_chain_storage(chain, substrate):
+    with pytest.raises(ChainError, match="has no owner hotkey"):
+        chain.owner_hotkey()
+    substrate.owner = VALIDATOR.hotkey  # SubtensorModule.SubnetOwnerHotkey[netuid]
+    assert chain.owner_hotkey() == VALIDATOR.hotkey
