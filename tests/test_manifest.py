@@ -24,10 +24,10 @@ from gauntlet.config import (
 )
 from gauntlet.errors import ChainError, ConfigError, InvalidMessage, SignatureError
 from gauntlet.identity import Identity
-from gauntlet.storage import FileStore, keys
+from gauntlet.storage import BucketCard, FileStore, keys
 from peers.cli import build_parser, main
 from peers.cli.flags import node_config
-from peers.network.manifest import committed_run, decode_manifest, encode_manifest, fetch_manifest, publish_manifest
+from peers.network.manifest import committed_run, decode_manifest, encode_manifest, publish_manifest
 
 DATA = Path(__file__).parent / "data"
 OWNER, OTHER = Identity.from_seed("manifest-owner"), Identity.from_seed("manifest-other")
@@ -170,9 +170,7 @@ def test_a_node_joins_the_owners_run_from_the_chain_and_keeps_it_cached(tmp_path
         node_config(args, chain)
 
 
-def _card(store: FileStore):
-    from gauntlet.storage import BucketCard
-
+def _card(store: FileStore) -> BucketCard:
     return BucketCard("file", str(store.root))
 
 
@@ -225,7 +223,6 @@ def test_two_nodes_with_different_local_settings_join_the_same_run_and_train_tog
     the aggregate, both on the validator's weights."""
     from gauntlet.data import open_dataset
     from gauntlet.data.identity import cached_identity
-    from gauntlet.storage import BucketCard
     from peers.behaviours import Behaviour
     from peers.cli.flags import node_options
     from peers.peer import Peer, PeerOptions
@@ -269,3 +266,18 @@ def test_two_nodes_with_different_local_settings_join_the_same_run_and_train_tog
         assert b"gauntlet_" in r.read()
     for peer in net.peers.values():
         peer.stop_metrics()
+
+
+def test_a_peer_given_a_manifest_of_a_newer_protocol_stops_with_the_upgrade_message(tmp_path, capsys):
+    chain = LocalChain(tmp_path / "chain.db", clock="manual")
+    chain.register(OWNER.hotkey)
+    chain.set_owner(OWNER.hotkey)
+    store = FileStore(tmp_path / "owner")
+    newer = {"protocol": 2, "requires": "0.9.0", "settings": {"sparseloco": {"topk": 16}}}
+    store.put(keys.manifest(manifest_hash(newer)), encode_manifest(newer, OWNER))
+    chain.commit(OWNER, BucketCard("file", str(store.root), note=f"manifest:{manifest_hash(newer)}").encode())
+    code = main(["peer", "--manifest", "chain", "--chain", chain.url, "--identity-seed", "new-peer", "--register",
+                 "--storage", f"file://{tmp_path / 'peer'}", "--allow-local-cards", "--run-dir", str(tmp_path / "run")])
+    assert code == 1
+    assert "upgrade gauntlet to >= 0.9.0" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "manifest.json").exists()  # nothing of the refused run is kept
