@@ -338,3 +338,36 @@ def test_the_peer_loop_retries_without_training_a_window_twice():
     node._apply_and_finish = lambda w, trained: Peer._apply_and_finish(node, w, trained)
     Peer._loop(node)
     assert events == [("train", 3), ("apply", 3, False), ("finish", 3, True)]
+
+
+def test_a_window_that_cannot_be_replayed_is_retried_until_a_newer_checkpoint_ends_the_wait():
+    from peers.network.replay import ReplayIncomplete
+    from peers.peer import Peer
+
+    events, checkpoints = [], [False, True]  # the first wait finds no newer checkpoint, the second one
+
+    def apply(window, prefer_published=False):
+        events.append(("apply", window))
+        if window == 3:
+            raise ReplayIncomplete("window 3: 1 of the 2 messages the validator applied cannot be read (injected)")
+        return "result"
+
+    def load_checkpoint():
+        found = checkpoints.pop(0)
+        if found:
+            node.window_done = 4  # the validator's checkpoint after window 4
+        events.append(("checkpoint", found))
+        return found
+
+    clock = types.SimpleNamespace(current_window=lambda: 6, wait_until=lambda when: None, window_start=lambda w: 0.0,
+                                  slot=lambda w: (0.0, 0.0), sleep=lambda s: events.append(("sleep", s)))
+    node = types.SimpleNamespace(
+        start=lambda: None, window_done=2, opts=types.SimpleNamespace(stop_after_window=5), clock=clock,
+        in_sync=False, apply=apply, load_checkpoint=load_checkpoint, RETRY_S=7.0,
+        finish=lambda w, r, facts, **kw: events.append(("finish", w, facts["trained"])),
+        _check_fit=lambda w, train_s, apply_s: None)
+    node._apply_and_finish = lambda w, trained: Peer._apply_and_finish(node, w, trained)
+    Peer._loop(node)
+    assert events == [("apply", 3), ("checkpoint", False), ("sleep", 7.0),  # nothing newer: wait, try again
+                      ("apply", 3), ("checkpoint", True),  # a newer checkpoint: windows 3 and 4 are in it
+                      ("apply", 5), ("finish", 5, False)]  # never a partial window 3, never trained late
