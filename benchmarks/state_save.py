@@ -15,6 +15,8 @@ save), the same for the restore, seconds and the file size.
 ``before``: the weights alone (a validator's state) saved the way nodes did before — the whole file
 built as one ``bytes`` object, then written — next to the streamed save of the same tensors; and a
 validator's signed checkpoint of them, built in memory as before and written to a file as now.
+``checkpoint_load``: a late peer loading that checkpoint into its weights, the file read whole as
+``bytes`` and decoded (before) and checked in chunks then read tensor by tensor (now).
 """
 
 from __future__ import annotations
@@ -98,6 +100,32 @@ def checkpoint_to_file(path: Path, weights: dict) -> None:
     write_artefact(path, "checkpoint", weights, run="bench", window=0, signer=Identity.from_seed("bench"))
 
 
+def load_checkpoint_bytes(path: Path, weights: dict) -> None:
+    """The earlier way a late peer loaded a checkpoint: the whole file as bytes, decoded, then copied in."""
+    from gauntlet.identity import Identity
+    from peers.network.artefacts import decode_artefact
+
+    spec = {n: tuple(t.shape) for n, t in weights.items()}
+    _, tensors = decode_artefact(path.read_bytes(), kind="checkpoint", run="bench", window=0,
+                                 trusted={Identity.from_seed("bench").hotkey}, spec=spec, max_bytes=1 << 40)
+    with torch.no_grad():
+        for n, t in weights.items():
+            t.copy_(tensors[n])
+
+
+def load_checkpoint_streamed(path: Path, weights: dict) -> None:
+    """As a late peer loads one now: checked in chunks, then copied in one tensor at a time from the file."""
+    from gauntlet.identity import Identity
+    from peers.network.artefacts import open_artefact
+
+    spec = {n: tuple(t.shape) for n, t in weights.items()}
+    _, tensors = open_artefact(path, kind="checkpoint", run="bench", window=0,
+                               trusted={Identity.from_seed("bench").hotkey}, spec=spec)
+    with torch.no_grad():
+        for n, t in weights.items():
+            t.copy_(tensors[n])
+
+
 def main() -> None:
     ap = parser(__doc__, "state_save")
     ap.add_argument("--model", default="1B", help="model preset (default 1B)")
@@ -133,6 +161,9 @@ def main() -> None:
         log("a validator's checkpoint of the same weights: built in memory, and written to a file ...")
         ckpt_mem_peak, ckpt_mem_extra, ckpt_mem_s = measured(partial(checkpoint_in_memory, weights))
         ckpt_peak, ckpt_extra, ckpt_s = measured(partial(checkpoint_to_file, Path(tmp) / "ckpt", weights))
+        log("a late peer loading that checkpoint: as bytes, and from the file tensor by tensor ...")
+        _, cl_bytes_extra, cl_bytes_s = measured(partial(load_checkpoint_bytes, Path(tmp) / "ckpt", weights))
+        _, cl_stream_extra, cl_stream_s = measured(partial(load_checkpoint_streamed, Path(tmp) / "ckpt", weights))
     finish({
         "model": args.model, "parameters": sum(p.numel() for p in model.parameters()),
         "held_mb": round(held / MB, 1), "runtime_mb": round(runtime, 1),
@@ -148,6 +179,9 @@ def main() -> None:
                    "checkpoint_in_memory_above_before_mb": round(ckpt_mem_extra, 1),
                    "checkpoint_in_memory_s": round(ckpt_mem_s, 2),
                    "checkpoint_to_file_above_before_mb": round(ckpt_extra, 1), "checkpoint_to_file_s": round(ckpt_s, 2)},
+        "checkpoint_load": {"weights_mb": round(weights_mb, 1),
+                            "bytes_above_before_mb": round(cl_bytes_extra, 1), "bytes_s": round(cl_bytes_s, 2),
+                            "streamed_above_before_mb": round(cl_stream_extra, 1), "streamed_s": round(cl_stream_s, 2)},
         "goal": "peak_rss_mb <= 1.2 x held_mb", "goal_met": save_peak <= 1.2 * held / MB,
     }, args)
 

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,12 +83,14 @@ class Peer(Node):
         that holds one."""
         for source in self.feed.sources():
             for window in reversed([w for w in self.feed.checkpoints(source) if w > self.window_done]):
-                try:
-                    _, tensors = self.feed.artefact(source, "checkpoint", keys.checkpoint(self.run, window), window)
-                except (StorageError, InvalidMessage) as exc:
-                    log.warning("skipping checkpoint of window %d: %s", window, exc)
-                    continue
-                self.engine.updates.load_full(tensors)
+                with tempfile.TemporaryDirectory(dir=self.opts.run_dir, prefix=".checkpoint-") as tmp:
+                    try:  # downloaded to disk and loaded tensor by tensor: never the whole file in memory
+                        tensors = self.feed.artefact(source, "checkpoint", keys.checkpoint(self.run, window), window,
+                                                     Path(tmp) / "checkpoint.safetensors")
+                        self.engine.updates.load_full(tensors)
+                    except (StorageError, InvalidMessage) as exc:
+                        log.warning("skipping checkpoint of window %d: %s", window, exc)
+                        continue
                 self.window_done = window
                 self._event("checkpoint", window=window, validator=source[0])
                 log.info("loaded validator %s's checkpoint of window %d", source[0][:12], window)

@@ -172,3 +172,31 @@ def test_a_checkpoint_written_to_a_file_is_the_artefact_encode_builds_in_memory(
     (head, payload), (head2, payload2) = split(data), split(in_memory)
     assert payload == payload2 and len(data) == len(in_memory)
     assert head["__metadata__"]["gauntlet-artefact"] == head2["__metadata__"]["gauntlet-artefact"]
+
+
+def test_a_checkpoint_file_is_checked_like_its_bytes_and_read_one_tensor_at_a_time(tmp_path):
+    from peers.network.artefacts import ArtefactTensors, open_artefact, write_artefact
+
+    tensors = {"a.weight": torch.randn(40, 30), "b": torch.randn(7), "c": torch.randn(3, 2).bfloat16()}
+    spec = {n: tuple(t.shape) for n, t in tensors.items()}
+    path = tmp_path / "ckpt"
+    write_artefact(path, "checkpoint", tensors, run="r", window=5, signer=VALIDATOR)
+    window, lazy = open_artefact(path, kind="checkpoint", run="r", window=5, trusted={VALIDATOR.hotkey}, spec=spec)
+    assert window == 5 and isinstance(lazy, ArtefactTensors) and sorted(lazy) == sorted(tensors)
+    assert all(torch.equal(lazy[n], tensors[n]) for n in tensors)
+    common = dict(kind="checkpoint", run="r", window=5, spec=spec)
+    with pytest.raises(SignatureError, match="not a trusted"):
+        open_artefact(path, trusted={STRANGER.hotkey}, **common)
+    with pytest.raises(InvalidMessage, match="do not match the model"):
+        open_artefact(path, kind="checkpoint", run="r", window=5, trusted={VALIDATOR.hotkey},
+                      spec={**spec, "a.weight": (30, 40)})
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "tampered").write_bytes(bytes(data))
+    with pytest.raises(InvalidMessage, match="payload does not match its hash"):
+        open_artefact(tmp_path / "tampered", trusted={VALIDATOR.hotkey}, **common)
+    (tmp_path / "huge-header").write_bytes((1 << 40).to_bytes(8, "little"))
+    with pytest.raises(InvalidMessage, match="over the"):
+        open_artefact(tmp_path / "huge-header", trusted={VALIDATOR.hotkey}, **common)
+    with pytest.raises(InvalidMessage, match="cannot be read"):
+        open_artefact(tmp_path / "missing", trusted={VALIDATOR.hotkey}, **common)

@@ -239,3 +239,30 @@ def test_put_file_stores_a_local_files_bytes_and_a_read_only_store_refuses_it(st
         store.bucket, endpoint_url=store.endpoint_url, region="us-east-1", read_only=True)
     with pytest.raises(AccessDenied):
         ro.put_file("k", source)
+
+
+def test_get_file_writes_an_objects_bytes_to_a_local_file_within_its_limit(store, tmp_path):
+    data = bytes(range(256)) * 1000
+    store.put("runs/r/checkpoints/0000000004.safetensors", data)
+    info = store.get_file("runs/r/checkpoints/0000000004.safetensors", tmp_path / "got", max_bytes=len(data))
+    assert (tmp_path / "got").read_bytes() == data and info.size == len(data)
+    with pytest.raises(ObjectTooLarge):
+        store.get_file("runs/r/checkpoints/0000000004.safetensors", tmp_path / "other", max_bytes=len(data) - 1)
+    with pytest.raises(ObjectNotFound):
+        store.get_file("runs/r/checkpoints/missing.safetensors", tmp_path / "other")
+
+
+def test_get_file_downloads_byte_ranges_and_reads_again_bytes_that_fail_their_hash(fault_proxy, tmp_path):
+    store = s3_store(fault_proxy.port, multipart_threshold=6 << 20, multipart_chunksize=5 << 20, max_concurrency=1)
+    data = bytes(range(256)) * (11 << 12)  # 11 MiB → ranges of 5, 5 and 1 MiB
+    store.put("large", data)
+    fault_proxy.reset()
+    store.get_file("large", tmp_path / "large", max_bytes=len(data))
+    assert (tmp_path / "large").read_bytes() == data and fault_proxy.requests["GET"] == 3
+    small = data[: 1 << 20]
+    store.put("small", small)
+    fault_proxy.reset()
+    fault_proxy.swap_body = bytes(len(small))  # whole, the right length, and wrong: it fails its SHA-256
+    fault_proxy.corrupt_next_get(1, "swap")
+    store.get_file("small", tmp_path / "small", max_bytes=len(small))
+    assert (tmp_path / "small").read_bytes() == small and fault_proxy.requests["GET"] == 2

@@ -48,6 +48,10 @@ class ObjectStore(Protocol):
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes: ...
 
+    def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> "ObjectInfo":
+        """Like ``get``, into the local file ``path`` instead of memory (large objects: checkpoints)."""
+        ...
+
     def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
         """Like ``get``, plus the size and last-modified time *of the bytes returned* (not of
         whatever the key holds a moment later)."""

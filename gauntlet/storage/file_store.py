@@ -86,6 +86,25 @@ class FileStore:
             raise ObjectTooLarge(f"{key} grew over the {max_bytes}-byte limit while being read")
         return data, ObjectInfo(key, len(data), st.st_mtime)
 
+    def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> ObjectInfo:
+        source = self._path(key)
+        try:
+            with open(source, "rb") as src, open(path, "wb") as dst:
+                st = os.fstat(src.fileno())
+                if max_bytes is not None and st.st_size > max_bytes:
+                    raise ObjectTooLarge(f"{key} is {st.st_size} bytes, over the {max_bytes}-byte limit")
+                shutil.copyfileobj(src, dst, 16 << 20)
+                copied = dst.tell()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{key} does not exist in {self.url}") from None
+        except IsADirectoryError:
+            raise ObjectNotFound(f"{key} is a prefix, not an object, in {self.url}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {key} from {self.url}: {exc.strerror or exc}") from exc
+        if max_bytes is not None and copied > max_bytes:
+            raise ObjectTooLarge(f"{key} grew over the {max_bytes}-byte limit while being read")
+        return ObjectInfo(key, copied, st.st_mtime)
+
     def head(self, key: str) -> ObjectInfo | None:
         try:
             st = self._path(key).stat()

@@ -184,12 +184,8 @@ class S3Store:
         SHA-256 computed by reading it once."""
         self._writable()
         check_key(key)
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_STREAM_CHUNK * 16):
-                digest.update(chunk)
         self._call(f"upload {key}", lambda: self.client.upload_file(
-            str(path), self.bucket, key, ExtraArgs={"Metadata": {"sha256": digest.hexdigest()}}, Config=self.transfer))
+            str(path), self.bucket, key, ExtraArgs={"Metadata": {"sha256": _file_sha256(path)}}, Config=self.transfer))
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         return self.read(key, max_bytes)[0]
@@ -213,6 +209,40 @@ class S3Store:
             if attempt + 1 < self.max_attempts:
                 time.sleep(random.random() * min(20.0, self.backoff_s * 2**attempt))  # full jitter
         raise StorageError(f"get {key}: {self.url} failed {self.max_attempts} times; last error: {last}")
+
+    def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> ObjectInfo:
+        """An object into a local file through boto3's managed download (byte ranges in parallel,
+        each retried by the transfer), checked against its size and SHA-256; read again when the
+        bytes fail them."""
+        check_key(key)
+        meta = self._head(key)
+        if meta is None:
+            raise ObjectNotFound(f"{key} does not exist in {self.url}")
+        size = int(meta["ContentLength"])
+        if max_bytes is not None and size > max_bytes:
+            raise ObjectTooLarge(f"{key} is {size} bytes, over the {max_bytes}-byte limit")
+        expected = (meta.get("Metadata") or {}).get("sha256")
+        for attempt in range(self.max_attempts):
+            try:
+                with open(path, "wb") as fh:
+                    self._call(f"download {key}", lambda: self._download_spoilable(key, fh))
+                got = _file_sha256(path) if expected is not None else None
+                if Path(path).stat().st_size == size and got == expected:
+                    return ObjectInfo(key, size, meta["LastModified"].timestamp())
+                last = "the bytes do not match their size or SHA-256"
+            except _Spoiled as exc:
+                last = str(exc)
+            except OSError as exc:
+                raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+            if attempt + 1 < self.max_attempts:
+                time.sleep(random.random() * min(20.0, self.backoff_s * 2**attempt))  # full jitter
+        raise StorageError(f"download {key}: {self.url} failed {self.max_attempts} times; last error: {last}")
+
+    def _download_spoilable(self, key: str, fh) -> None:
+        try:
+            self.client.download_fileobj(self.bucket, key, fh, Config=self.transfer)
+        except _SPOILED_BODY as exc:
+            raise _Spoiled(f"the body of {key} broke off or failed its checksum: {exc}") from None
 
     def _fetch(self, key: str, max_bytes: int | None) -> tuple[bytes, ObjectInfo]:
         """One GET, streamed within ``max_bytes`` and checked against the object's SHA-256."""
@@ -297,3 +327,11 @@ class S3Store:
             self._call(f"check bucket {self.bucket}", lambda: self.client.head_bucket(Bucket=self.bucket))
         except ObjectNotFound:
             self._call(f"create bucket {self.bucket}", lambda: self.client.create_bucket(Bucket=self.bucket))
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_STREAM_CHUNK * 16):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -86,12 +86,10 @@ def _header_json(kind: str, cpu: Mapping[str, torch.Tensor], run: str, window: i
     return json.dumps(header, sort_keys=True, separators=(",", ":"))
 
 
-def decode_artefact(data: bytes, *, kind: str, run: str, window: int | None, trusted: Collection[str],
-                    spec: Mapping[str, tuple[int, ...]], max_bytes: int) -> tuple[int, dict[str, torch.Tensor]]:
-    """Validate an artefact and return ``(window, tensors)``; InvalidMessage/SignatureError otherwise."""
-    if len(data) > max_bytes:
-        raise InvalidMessage(f"artefact is {len(data)} bytes, over the {max_bytes}-byte limit")
-    raw, start = container.read_header(data, 16 << 20)
+def _checked_header(raw: dict, *, kind: str, run: str, window: int | None, trusted: Collection[str],
+                    spec: Mapping[str, tuple[int, ...]]) -> dict:
+    """The signed gauntlet header of a safetensors header ``raw``, checked: kind, run, window, signer,
+    signature, and tensors (in both headers) shaped like the model. The payload hash is the caller's."""
     meta = raw.get("__metadata__") or {}
     header_json, sig_hex = meta.get("gauntlet-artefact"), meta.get("signature")
     if not isinstance(header_json, str) or not isinstance(sig_hex, str):
@@ -113,6 +111,20 @@ def decode_artefact(data: bytes, *, kind: str, run: str, window: int | None, tru
     got = sorted([n, s] for n, _, s in header.get("tensors", []))
     if got != want or any(d not in ("float32", "bfloat16") for _, d, _ in header["tensors"]):
         raise InvalidMessage("artefact tensors do not match the model")
+    entries = {n: e for n, e in raw.items() if n != "__metadata__"}
+    if sorted(entries) != sorted(spec) or any(not isinstance(e, dict) or e.get("shape") != list(spec[n])
+                                              or e.get("dtype") not in ("F32", "BF16") for n, e in entries.items()):
+        raise InvalidMessage("artefact tensors do not match the header")
+    return header
+
+
+def decode_artefact(data: bytes, *, kind: str, run: str, window: int | None, trusted: Collection[str],
+                    spec: Mapping[str, tuple[int, ...]], max_bytes: int) -> tuple[int, dict[str, torch.Tensor]]:
+    """Validate an artefact and return ``(window, tensors)``; InvalidMessage/SignatureError otherwise."""
+    if len(data) > max_bytes:
+        raise InvalidMessage(f"artefact is {len(data)} bytes, over the {max_bytes}-byte limit")
+    raw, start = container.read_header(data, 16 << 20)
+    header = _checked_header(raw, kind=kind, run=run, window=window, trusted=trusted, spec=spec)
     if hashlib.sha256(memoryview(data)[start:]).hexdigest() != header.get("payload_sha256"):
         raise InvalidMessage("artefact payload does not match its hash")
     try:
@@ -122,3 +134,48 @@ def decode_artefact(data: bytes, *, kind: str, run: str, window: int | None, tru
     if sorted(tensors) != sorted(spec) or any(tuple(tensors[n].shape) != tuple(spec[n]) for n in spec):
         raise InvalidMessage("artefact tensors do not match the header")
     return int(header["window"]), tensors
+
+
+class ArtefactTensors(Mapping):
+    """The tensors of a checked artefact file, each read from the file when it is asked for (one
+    tensor in memory at a time, whatever the model's size)."""
+
+    def __init__(self, path: Path, names: Collection[str]) -> None:
+        self.path, self.names = Path(path), sorted(names)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.names:
+            raise KeyError(name)
+        try:
+            with safetensors.safe_open(str(self.path), framework="pt") as f:
+                return f.get_tensor(name)
+        except Exception as exc:  # safetensors' own error types
+            raise InvalidMessage(f"artefact payload is not valid safetensors: {exc}") from None
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def open_artefact(path: Path, *, kind: str, run: str, window: int | None, trusted: Collection[str],
+                  spec: Mapping[str, tuple[int, ...]]) -> tuple[int, ArtefactTensors]:
+    """:func:`decode_artefact` for an artefact in a local file, in bounded memory: the header is read
+    and checked, the payload hashed in chunks, and the tensors come one at a time from the file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else 0
+            if size > 16 << 20:
+                raise InvalidMessage(f"artefact header declares {size} bytes, over the {16 << 20}-byte limit")
+            raw, _ = container.read_header(head + fh.read(size), 16 << 20)
+            header = _checked_header(raw, kind=kind, run=run, window=window, trusted=trusted, spec=spec)
+            digest = hashlib.sha256()
+            while chunk := fh.read(16 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InvalidMessage(f"artefact file {path} cannot be read: {exc.strerror or exc}") from None
+    if digest.hexdigest() != header.get("payload_sha256"):
+        raise InvalidMessage("artefact payload does not match its hash")
+    return int(header["window"]), ArtefactTensors(path, spec)

@@ -9,12 +9,11 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-
-import torch
+from pathlib import Path
 
 from gauntlet.errors import InvalidMessage, ObjectNotFound, SignatureError, StorageError
 from gauntlet.storage import ObjectStore, keys
-from peers.network.artefacts import decode_artefact
+from peers.network.artefacts import ArtefactTensors, open_artefact
 from peers.network.directory import Directory
 from peers.network.peer_list import MAX_BYTES as PEER_LIST_MAX_BYTES
 from peers.network.peer_list import LOOKBACK, ListChoice, PeerList, choose_list, decode_peer_list
@@ -43,12 +42,12 @@ class ValidatorFeed:
         """Every validator a node may follow, in the order tried (highest stake first)."""
         return self.directory.validators(self.trusted)
 
-    def artefact(self, source: Source, kind: str, key: str, window: int | None) -> tuple[dict, dict[str, torch.Tensor]]:
-        """A signed checkpoint from ``source``: (header, tensors)."""
+    def artefact(self, source: Source, kind: str, key: str, window: int | None, path: Path) -> ArtefactTensors:
+        """A signed checkpoint from ``source``, downloaded to the local file ``path`` and checked; its
+        tensors are read from that file one at a time (see :func:`~peers.network.artefacts.open_artefact`)."""
         hotkey, store = source
-        data = store.get(key, max_bytes=self.max_bytes)
-        return decode_artefact(data, kind=kind, run=self.run_hash, window=window, trusted={hotkey}, spec=self.spec,
-                               max_bytes=self.max_bytes)
+        store.get_file(key, path, max_bytes=self.max_bytes)
+        return open_artefact(path, kind=kind, run=self.run_hash, window=window, trusted={hotkey}, spec=self.spec)[1]
 
     def peer_list(self, window: int, source: Source | None = None) -> PeerList | None:
         """The followed validator's (or ``source``'s) list for ``window`` if it was stored by the list

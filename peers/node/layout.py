@@ -70,20 +70,18 @@ class ShardLayout:
         return [(y - x) * per_row for x, y in
                 (shard_rows(shape[0] if shape else 1, self.world.size, r) for r in range(self.world.size))]
 
-    def scatter_full(self, full: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        """Each rank's rows of whole tensors that rank 0 holds."""
+    def scatter_one(self, full: Mapping[str, torch.Tensor] | None, name: str) -> torch.Tensor:
+        """This rank's rows of the whole tensor ``name`` that rank 0 holds (every rank calls it, in
+        the same order of names)."""
         if not self.sharded:
-            return dict(full)
-        out = {}
-        for name in self.spec:
-            sizes = self.sizes(name)
-            if self.world.main:
-                send = list(full[name].to(self.device, torch.float32).reshape(-1).split(sizes))
-            else:
-                send = [torch.zeros(0, device=self.device) for _ in sizes]
-            got = self.comm.all_to_all(send, [sizes[self.world.rank] if r == 0 else 0 for r in range(len(sizes))])
-            out[name] = got[0].view(self.local[name].shape)
-        return out
+            return full[name]
+        sizes = self.sizes(name)
+        if self.world.main:
+            send = list(full[name].to(self.device, torch.float32).reshape(-1).split(sizes))
+        else:
+            send = [torch.zeros(0, device=self.device) for _ in sizes]
+        got = self.comm.all_to_all(send, [sizes[self.world.rank] if r == 0 else 0 for r in range(len(sizes))])
+        return got[0].view(self.local[name].shape)
 
     def gather_full(self, local: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """Whole tensors on rank 0 from every rank's rows (None elsewhere)."""

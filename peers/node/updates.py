@@ -56,8 +56,9 @@ class Updates:
 
     @collective(private=1)
     def load_full(self, tensors: Mapping[str, torch.Tensor] | None) -> None:
-        """Set the weights from whole tensors rank 0 holds (a validator's checkpoint)."""
+        """Set the weights from whole tensors rank 0 holds (a validator's checkpoint), one tensor at a
+        time (``tensors`` may read each from a file when asked)."""
         local = self.layout.local
         with torch.no_grad():
-            for n, rows in self.layout.scatter_full(tensors).items():
-                local[n].copy_(rows.to(local[n].dtype))
+            for n in self.layout.spec:
+                local[n].copy_(self.layout.scatter_one(tensors, n).to(local[n].dtype))
