@@ -273,9 +273,9 @@ def manifest_hash(document: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(document).encode()).hexdigest()[:32]
 
 
-def check_manifest(document: Any, written_by: str | None = None) -> dict[str, Any]:
+def check_manifest(document: Any) -> dict[str, Any]:
     """``document`` if this code can run it: a ConfigError saying which release to upgrade to for a
-    manifest of a newer protocol, or one that is not a manifest."""
+    manifest of a newer protocol, and one for an older protocol or anything that is not a manifest."""
     if not isinstance(document, dict) or set(document) != {"protocol", "requires", "settings"}:
         raise ConfigError("not a run manifest: expected an object with protocol, requires and settings")
     protocol, requires = document["protocol"], document["requires"]
@@ -284,6 +284,9 @@ def check_manifest(document: Any, written_by: str | None = None) -> dict[str, An
     if protocol > PROTOCOL:
         raise ConfigError(f"this run's manifest is for protocol {protocol}; gauntlet {__version__} speaks protocol "
                           f"{PROTOCOL}: upgrade gauntlet to >= {requires} (pip install -U 'gauntlet>={requires}')")
+    if protocol < PROTOCOL:
+        raise ConfigError(f"this run's manifest is for protocol {protocol}, which gauntlet {__version__} no longer "
+                          f"speaks (it speaks protocol {PROTOCOL}): run it with a release of protocol {protocol}")
     if not isinstance(document["settings"], dict):
         raise ConfigError("not a run manifest: settings must be an object")
     return document

@@ -5,6 +5,7 @@ import hashlib
 import json
 import shutil
 import urllib.request
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,9 @@ def test_a_manifest_of_a_newer_protocol_is_refused_with_the_release_to_upgrade_t
     newer = {"protocol": 2, "requires": "0.9.0", "settings": {}}
     with pytest.raises(ConfigError, match=r"protocol 2; gauntlet 0.2.0 speaks protocol 1: upgrade gauntlet to >= 0.9.0"):
         decode_manifest(encode_manifest(newer, OWNER), owner=OWNER.hotkey)
+    with pytest.raises(ConfigError, match=r"protocol 1, which gauntlet 0.2.0 no longer speaks \(it speaks protocol 2\)"):
+        with mock.patch("gauntlet.config.PROTOCOL", 2):  # as a release of protocol 2 will see a manifest of 1
+            config_from_manifest({"protocol": 1, "requires": "0.2.0", "settings": {}})
     for bad in ({"protocol": "1", "requires": "0.2.0", "settings": {}}, {"protocol": 1, "settings": {}},
                 {"protocol": 1, "requires": "0.2.0", "settings": []}):
         with pytest.raises(ConfigError, match="not a run manifest"):

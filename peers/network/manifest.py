@@ -69,7 +69,7 @@ def decode_manifest(data: bytes, *, owner: str, run_hash: str | None = None) -> 
     if found != body["run_hash"] or (run_hash is not None and found != run_hash):
         raise InvalidMessage(f"run manifest hashes to {found}, not to the run hash "
                              f"{run_hash or body['run_hash']} it was published under")
-    check_manifest(document, body["written_by"])
+    check_manifest(document)
     return SignedManifest(document, found, owner, body["written_by"], bytes(data))
 
 
