@@ -285,3 +285,20 @@ def test_a_peer_given_a_manifest_of_a_newer_protocol_stops_with_the_upgrade_mess
     assert code == 1
     assert "upgrade gauntlet to >= 0.9.0" in capsys.readouterr().err
     assert not (tmp_path / "run" / "manifest.json").exists()  # nothing of the refused run is kept
+
+
+def test_the_built_in_corpus_is_the_same_tokens_on_every_machine(tmp_path):
+    """Shipped with gauntlet (not read from the interpreter's own standard library), so its identity
+    is a constant; a damaged copy is refused."""
+    from gauntlet.data import open_dataset
+    from gauntlet.data.identity import data_identity
+    from gauntlet.data.sources import BUILTIN, _stdlib
+    from gauntlet.errors import DataError
+
+    cfg = load_config(overrides=["data.seq_len=64", "data.max_tokens=200000"]).data
+    assert data_identity(*open_dataset(cfg, tmp_path)) == \
+        "f5801e3e9059c802b90ad10724f9096e245ba695e00001c8cc71cc0fef721aa4"
+    damaged = tmp_path / "stdlib.jsonl.xz"
+    damaged.write_bytes(BUILTIN.read_bytes()[:-1])
+    with pytest.raises(DataError, match="not the one this release ships"):
+        next(_stdlib(damaged))
