@@ -302,3 +302,10 @@ def test_the_built_in_corpus_is_the_same_tokens_on_every_machine(tmp_path):
     damaged.write_bytes(BUILTIN.read_bytes()[:-1])
     with pytest.raises(DataError, match="not the one this release ships"):
         next(_stdlib(damaged))
+
+
+def test_a_manifest_not_in_canonical_form_is_refused_since_its_hash_would_not_be_the_run_hash():
+    with pytest.raises(ConfigError, match=r"not in canonical form \(sparseloco.topk: a setting at its default"):
+        config_from_manifest({"protocol": 1, "requires": "0.2.0", "settings": {"sparseloco": {"topk": 64}, "seed": 2}})
+    with pytest.raises(ConfigError, match=r"not in canonical form \(sparseloco.outer_lr: "):  # 2 where 2.0 is meant
+        config_from_manifest({"protocol": 1, "requires": "0.2.0", "settings": {"sparseloco": {"outer_lr": 2}}})
