@@ -240,7 +240,12 @@ def state_save_section() -> list[str]:
             f"| a validator's checkpoint of them, built in memory (before) | | | "
             f"{b['checkpoint_in_memory_above_before_mb']:,.0f} MB | {b['checkpoint_in_memory_s']:.1f} |",
             f"| the same checkpoint written to a file (now) | | | {b['checkpoint_to_file_above_before_mb']:,.0f} MB | "
-            f"{b['checkpoint_to_file_s']:.1f} |"] if "checkpoint_to_file_s" in b else []) + [""]
+            f"{b['checkpoint_to_file_s']:.1f} |"] if "checkpoint_to_file_s" in b else []) + ([
+            f"| a late peer loading it: the file read as bytes, decoded, copied in (before) | | | "
+            f"{c['bytes_above_before_mb']:,.0f} MB | {c['bytes_s']:.1f} |",
+            f"| the same, checked in chunks and read tensor by tensor (now) | | | "
+            f"{c['streamed_above_before_mb']:,.0f} MB | {c['streamed_s']:.1f} |"] if (c := r.get("checkpoint_load")) else []
+        ) + [""]
 
 
 def plot_scaling(r: dict) -> None:
