@@ -68,42 +68,44 @@ class FileStore:
         return self.read(key, max_bytes)[0]
 
     def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
-        path = self._path(key)
-        try:
-            with open(path, "rb") as fh:
-                st = os.fstat(fh.fileno())  # the inode we read: a later os.replace does not change it
-                size = st.st_size
-                if max_bytes is not None and size > max_bytes:
-                    raise ObjectTooLarge(f"{key} is {size} bytes, over the {max_bytes}-byte limit")
-                data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
-        except FileNotFoundError:
-            raise ObjectNotFound(f"{key} does not exist in {self.url}") from None
-        except IsADirectoryError:
-            raise ObjectNotFound(f"{key} is a prefix, not an object, in {self.url}") from None
-        except OSError as exc:
-            raise StorageError(f"cannot read {key} from {self.url}: {exc.strerror or exc}") from exc
-        if max_bytes is not None and len(data) > max_bytes:
-            raise ObjectTooLarge(f"{key} grew over the {max_bytes}-byte limit while being read")
-        return data, ObjectInfo(key, len(data), st.st_mtime)
+        got: list[bytes] = []
+
+        def take(fh) -> int:
+            got.append(fh.read() if max_bytes is None else fh.read(max_bytes + 1))
+            return len(got[0])
+
+        size, mtime = self._consume(key, max_bytes, take)
+        return got[0], ObjectInfo(key, size, mtime)
 
     def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> ObjectInfo:
-        source = self._path(key)
+        def copy(fh) -> int:
+            try:
+                with open(path, "wb") as out:
+                    shutil.copyfileobj(fh, out, 16 << 20)
+                    return out.tell()
+            except OSError as exc:  # the local side: not the object's fault
+                raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+        return ObjectInfo(key, *self._consume(key, max_bytes, copy))
+
+    def _consume(self, key: str, max_bytes: int | None, consume) -> tuple[int, float]:
+        """Open the object, refuse it when it is over ``max_bytes``, and hand the open file to
+        ``consume(file) -> bytes taken``; returns (bytes taken, the object's modification time)."""
         try:
-            with open(source, "rb") as src, open(path, "wb") as dst:
-                st = os.fstat(src.fileno())
+            with open(self._path(key), "rb") as fh:
+                st = os.fstat(fh.fileno())  # the inode we read: a later os.replace does not change it
                 if max_bytes is not None and st.st_size > max_bytes:
                     raise ObjectTooLarge(f"{key} is {st.st_size} bytes, over the {max_bytes}-byte limit")
-                shutil.copyfileobj(src, dst, 16 << 20)
-                copied = dst.tell()
+                taken = consume(fh)
         except FileNotFoundError:
             raise ObjectNotFound(f"{key} does not exist in {self.url}") from None
         except IsADirectoryError:
             raise ObjectNotFound(f"{key} is a prefix, not an object, in {self.url}") from None
         except OSError as exc:
             raise StorageError(f"cannot read {key} from {self.url}: {exc.strerror or exc}") from exc
-        if max_bytes is not None and copied > max_bytes:
+        if max_bytes is not None and taken > max_bytes:
             raise ObjectTooLarge(f"{key} grew over the {max_bytes}-byte limit while being read")
-        return ObjectInfo(key, copied, st.st_mtime)
+        return taken, st.st_mtime
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
