@@ -94,11 +94,11 @@ def small_network():
 def test_a_validator_killed_mid_window_resumes_to_the_same_result(tmp_path, data_dir, monkeypatch):
     cfg = load_config(overrides=SETTINGS + ["validator.weights_every=1"])
     straight = build(tmp_path / "a", cfg, small_network(), data_dir)
-    run(straight, 5)
+    run(straight, 4)
     expected = (straight.chain.weights(), straight.validator.book.records)
 
     crashed = build(tmp_path / "b", cfg, small_network(), data_dir)
-    run(crashed, 3)
+    run(crashed, 2)
     from peers.validator import Validator
 
     def crash(*args, **kwargs):
@@ -106,11 +106,11 @@ def test_a_validator_killed_mid_window_resumes_to_the_same_result(tmp_path, data
 
     monkeypatch.setattr(Validator, "_save", crash)
     with pytest.raises(KeyboardInterrupt):
-        run(crashed, 1)  # window 3: published and set weights, then died before saving
+        run(crashed, 1)  # window 2: published and set weights, then died before saving
     monkeypatch.undo()
     del crashed
     resumed = build(tmp_path / "b", cfg, small_network(), data_dir)  # a new process, from disk
-    assert resumed.window == 3
+    assert resumed.window == 2
     run(resumed, 2)
     assert resumed.chain.weights() == expected[0]
     assert resumed.validator.book.records == expected[1]
@@ -118,7 +118,7 @@ def test_a_validator_killed_mid_window_resumes_to_the_same_result(tmp_path, data
     from peers.network.records import verify_chain
     from gauntlet.storage import keys
 
-    records = [resumed.validator.store.get(keys.record(cfg.run_name, w)) for w in range(5)]
+    records = [resumed.validator.store.get(keys.record(cfg.run_name, w)) for w in range(4)]
     assert verify_chain(records, {resumed.validator.identity.hotkey}) == head
 
 
