@@ -65,15 +65,21 @@ def add_identity_arguments(g) -> None:
     g.add_argument("--identity-seed", help="derive a throwaway hotkey from this text (local networks only)")
 
 
+REGISTER_HELP = {
+    "peer": "register the hotkey (local:// chains only)",
+    "validator": "register the hotkey with a validator permit and stake 1000 (local:// chains only)",
+    "owner": "register the hotkey and make it the subnet's owner (local:// chains only)",
+}
+
+
 def add_chain_arguments(g, role: str) -> None:
-    """``--chain``, ``--subtensor.network``, ``--netuid`` and ``--register``."""
+    """``--chain``, ``--subtensor.network``, ``--netuid``, and ``--register`` for the roles that can."""
     g.add_argument("--chain", help="chain URL: local:///path/chain.db[?block_time=S] or bittensor://NETWORK/NETUID; "
                    "default: built from --subtensor.network and --netuid")
     g.add_argument("--subtensor.network", dest="network", default="finney", help="bittensor network or ws:// URL")
     g.add_argument("--netuid", type=int, help="subnet id (with --subtensor.network)")
-    g.add_argument("--register", action="store_true",
-                   help="register the hotkey (local:// chains only)" if role == "peer" else
-                   "register the hotkey with a validator permit and stake 1000 (local:// chains only)")
+    if role in REGISTER_HELP or role == "node":
+        g.add_argument("--register", action="store_true", help=REGISTER_HELP.get(role, REGISTER_HELP["validator"]))
 
 
 def add_storage_arguments(g, role: str, required: bool = True) -> None:

@@ -144,7 +144,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--config", dest="settings", metavar="FILE", help="show the manifest this settings file defines")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                       help="override one setting (repeatable)")
-    add_chain_arguments(show.add_argument_group("chain"), "node")
+    add_chain_arguments(show.add_argument_group("chain"), "reader")
     show.add_argument("--allow-local-cards", action="store_true", help="accept a file:// or loopback owner bucket "
                                                                        "(local networks only)")
     show.add_argument("--json", action="store_true", help="one JSON object: run_hash, manifest, the whole config")

@@ -5,10 +5,10 @@ validate``) and talks to the others only through the chain and the stores. The p
 run's manifest as the subnet owner would, and every node joins with ``--manifest chain``, its local
 settings in a file. The chain is created with a pending genesis and started once every node has
 committed its bucket card (which a node does when its data and model are loaded), so that window 0
-opens when all are ready however loaded the machine is. The parent registers the throwaway hotkeys, optionally runs a loopback S3 server
-(``--storage embedded-s3``), watches the processes — a node that dies is reported, never waited for
-— and afterwards reads the validator's published window records (weights as set on chain, the last
-ones at the final window) and the peers' metrics.
+opens when all are ready however loaded the machine is. The parent registers the throwaway hotkeys,
+optionally runs a loopback S3 server (``--storage embedded-s3``), watches the processes — a node
+that dies is reported, never waited for — and afterwards reads the validator's published window
+records (weights as set on chain, the last ones at the final window) and the peers' metrics.
 """
 
 from __future__ import annotations
