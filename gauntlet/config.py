@@ -384,13 +384,14 @@ def config_from_manifest(document: dict[str, Any], local: dict[str, Any] | None 
     check_manifest(document)
     newer = f" (written by gauntlet {written_by}: a setting this release lacks needs gauntlet >= {written_by})"
     run = validate_config(document["settings"], "run manifest" + (newer if written_by else ""))
-    if canonical_json(run_settings(run)) != canonical_json(document["settings"]):  # else its hash would not be
-        theirs, ours = _flatten(document["settings"]), _flatten(run_settings(run))  # the run hash nodes compute
+    settings = run_settings(run)
+    if canonical_json(settings) != canonical_json(document["settings"]):  # its hash is not the run hash nodes compute
+        theirs, ours = _flatten(document["settings"]), _flatten(settings)
         odd = sorted(k for k in theirs if canonical_json(theirs[k]) != canonical_json(ours.get(k)))
         raise ConfigError(f"the run manifest is not in canonical form ({', '.join(odd)}: a setting at its default "
                           f"value, or a value not written as the setting's type): write it with `gauntlet run publish`")
     cfg = validate_config(_merge(document["settings"], local or {}))
-    theirs, ours = _flatten(run_settings(run)), _flatten(run_settings(cfg))
+    theirs, ours = _flatten(settings), _flatten(run_settings(cfg))
     changed = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
     if changed:
         described = ", ".join(f"{k} (the run: {theirs.get(k, 'default')!r}, here: {ours.get(k, 'default')!r})"

@@ -309,3 +309,20 @@ def test_a_manifest_not_in_canonical_form_is_refused_since_its_hash_would_not_be
         config_from_manifest({"protocol": 1, "requires": "0.2.0", "settings": {"sparseloco": {"topk": 64}, "seed": 2}})
     with pytest.raises(ConfigError, match=r"not in canonical form \(sparseloco.outer_lr: "):  # 2 where 2.0 is meant
         config_from_manifest({"protocol": 1, "requires": "0.2.0", "settings": {"sparseloco": {"outer_lr": 2}}})
+
+
+def test_publish_and_the_ranks_copy_say_what_is_missing(tmp_path, capsys):
+    from peers.network.manifest import read_saved_manifest
+
+    settings = tmp_path / "run.toml"
+    settings.write_text('[data]\nseq_len = 64\nmax_tokens = 200000\n')
+    base = ["run", "publish", str(settings), "--data-dir", str(tmp_path / "data"), "--identity-seed", "owner"]
+    assert main([*base, "--chain", f"local://{tmp_path / 'chain.db'}"]) == 1
+    assert "no bucket: pass --storage" in capsys.readouterr().err
+    assert main([*base, "--storage", f"file://{tmp_path / 'owner'}"]) == 1
+    assert "no chain: pass --chain URL, or --netuid" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="the run manifest rank 0 joined cannot be read"):
+        read_saved_manifest(tmp_path / "missing.json")
+    (tmp_path / "forged.json").write_bytes(encode_manifest(load_config().manifest(), OTHER).replace(b'"v":1', b'"v":2'))
+    with pytest.raises(ConfigError, match="wrong fields or version"):
+        read_saved_manifest(tmp_path / "forged.json")

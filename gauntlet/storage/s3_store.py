@@ -192,51 +192,50 @@ class S3Store:
 
     def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
         check_key(key)
-        meta = None
-        if max_bytes is not None:
-            meta = self._head(key)
-            if meta is None:
-                raise ObjectNotFound(f"{key} does not exist in {self.url}")
-            if int(meta["ContentLength"]) > max_bytes:
-                raise ObjectTooLarge(f"{key} is {meta['ContentLength']} bytes, over the {max_bytes}-byte limit")
-        for attempt in range(self.max_attempts):
-            try:
-                if meta is not None and int(meta["ContentLength"]) >= self.multipart_threshold:
-                    return self._download(key, meta)
-                return self._fetch(key, max_bytes)
-            except _Spoiled as exc:
-                last = exc
-            if attempt + 1 < self.max_attempts:
-                time.sleep(random.random() * min(20.0, self.backoff_s * 2**attempt))  # full jitter
-        raise StorageError(f"get {key}: {self.url} failed {self.max_attempts} times; last error: {last}")
+        meta = self._head_within(key, max_bytes) if max_bytes is not None else None
+        if meta is not None and int(meta["ContentLength"]) >= self.multipart_threshold:
+            return self._again_when_spoiled(f"get {key}", lambda: self._download(key, meta))
+        return self._again_when_spoiled(f"get {key}", lambda: self._fetch(key, max_bytes))
 
     def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> ObjectInfo:
         """An object into a local file through boto3's managed download (byte ranges in parallel,
         each retried by the transfer), checked against its size and SHA-256; read again when the
         bytes fail them."""
         check_key(key)
+        meta = self._head_within(key, max_bytes)
+        return self._again_when_spoiled(f"download {key}", lambda: self._download_to(key, path, meta))
+
+    def _head_within(self, key: str, max_bytes: int | None) -> dict[str, Any]:
+        """The object's HEAD; ObjectNotFound, or ObjectTooLarge over ``max_bytes`` (before any body moves)."""
         meta = self._head(key)
         if meta is None:
             raise ObjectNotFound(f"{key} does not exist in {self.url}")
-        size = int(meta["ContentLength"])
-        if max_bytes is not None and size > max_bytes:
-            raise ObjectTooLarge(f"{key} is {size} bytes, over the {max_bytes}-byte limit")
-        expected = (meta.get("Metadata") or {}).get("sha256")
-        for attempt in range(self.max_attempts):
+        if max_bytes is not None and int(meta["ContentLength"]) > max_bytes:
+            raise ObjectTooLarge(f"{key} is {meta['ContentLength']} bytes, over the {max_bytes}-byte limit")
+        return meta
+
+    def _again_when_spoiled(self, what: str, attempt: Callable[[], T]) -> T:
+        """``attempt()``, tried again after a jittered pause while the bytes it got are spoiled."""
+        for n in range(self.max_attempts):
             try:
-                with open(path, "wb") as fh:
-                    self._call(f"download {key}", lambda: self._download_spoilable(key, fh))
-                got = _file_sha256(path) if expected is not None else None
-                if Path(path).stat().st_size == size and got == expected:
-                    return ObjectInfo(key, size, meta["LastModified"].timestamp())
-                last = "the bytes do not match their size or SHA-256"
+                return attempt()
             except _Spoiled as exc:
-                last = str(exc)
-            except OSError as exc:
-                raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
-            if attempt + 1 < self.max_attempts:
-                time.sleep(random.random() * min(20.0, self.backoff_s * 2**attempt))  # full jitter
-        raise StorageError(f"download {key}: {self.url} failed {self.max_attempts} times; last error: {last}")
+                last = exc
+            if n + 1 < self.max_attempts:
+                time.sleep(random.random() * min(20.0, self.backoff_s * 2**n))  # full jitter
+        raise StorageError(f"{what}: {self.url} failed {self.max_attempts} times; last error: {last}")
+
+    def _download_to(self, key: str, path: Path, meta: dict[str, Any]) -> ObjectInfo:
+        """One managed download into ``path``; _Spoiled when the file's size or SHA-256 is not the object's."""
+        try:
+            with open(path, "wb") as fh:
+                self._call(f"download {key}", lambda: self._download_spoilable(key, fh))
+        except OSError as exc:
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        size, expected = int(meta["ContentLength"]), (meta.get("Metadata") or {}).get("sha256")
+        if Path(path).stat().st_size != size or (expected is not None and _file_sha256(path) != expected):
+            raise _Spoiled(f"the bytes of {key} do not match their size or SHA-256 (cut short or swapped in transit)")
+        return ObjectInfo(key, size, meta["LastModified"].timestamp())
 
     def _download_spoilable(self, key: str, fh) -> None:
         try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gauntlet import __version__
@@ -75,8 +75,7 @@ def decode_manifest(data: bytes, *, owner: str, run_hash: str | None = None) -> 
 
 def manifest_card(card: BucketCard, run_hash: str) -> BucketCard:
     """The owner's bucket card, naming the run it publishes in its note."""
-    return BucketCard(card.scheme, card.location, card.bucket, card.region, card.access_key, card.secret_key,
-                      note=f"{NOTE}{run_hash}")
+    return replace(card, note=f"{NOTE}{run_hash}")
 
 
 def is_manifest_card(data: bytes) -> bool:
@@ -159,11 +158,11 @@ def save_manifest(manifest: SignedManifest, path: Path) -> None:
 def read_saved_manifest(path: Path) -> SignedManifest:
     """The manifest a node's rank 0 joined (for its other ranks, which have no chain): checked as read."""
     try:
-        body = json.loads(path.read_bytes())
-        owner = body["hotkey"]
+        data = path.read_bytes()
+        owner = json.loads(data)["hotkey"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: the run manifest rank 0 joined cannot be read: {exc}") from None
     try:
-        return decode_manifest(path.read_bytes(), owner=owner)
+        return decode_manifest(data, owner=owner)
     except InvalidMessage as exc:
         raise ConfigError(f"{path}: {exc}") from None

@@ -8,12 +8,13 @@ import hashlib
 import json
 from collections.abc import Collection
 
+from gauntlet.config import canonical_json
 from gauntlet.errors import InvalidMessage, SignatureError
 from gauntlet.identity import Identity, verify_signature
 
 
 def canonical(body: dict) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return canonical_json(body).encode()
 
 
 def sign(body: dict, prefix: bytes, signer: Identity) -> bytes:
